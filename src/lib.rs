@@ -1,2 +1,13 @@
 //! kube-vip-webhook: admission-time LoadBalancer address allocation for kube-vip.
+//!
+//! Data flow (see `docs/design.md`): `config` (ConfigMap -> pools) -> `ipam` (pure address
+//! arithmetic) -> `state` (used-address index, reservations) -> `engine` (the one allocation
+//! decision) -> `webhook` / `reconciler` / `plan`.
 #![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod ipam;
+pub mod metrics;
+pub mod server;
+pub mod tls;
