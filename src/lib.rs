@@ -7,7 +7,9 @@
 
 pub mod admin;
 pub mod config;
+pub mod index;
 pub mod ipam;
 pub mod metrics;
 pub mod server;
+pub mod service;
 pub mod tls;
