@@ -1,0 +1,3 @@
+//! ConfigMap data -> Config.
+#![allow(dead_code)]
+mod parse;
