@@ -6,10 +6,16 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod cli;
 pub mod config;
+pub mod engine;
+pub mod files;
 pub mod index;
 pub mod ipam;
 pub mod metrics;
+pub mod plan;
+pub mod serve;
 pub mod server;
 pub mod service;
+pub mod state;
 pub mod tls;

@@ -1,1 +1,9 @@
-//! metrics
+//! metrics (placeholder until the tlsserver branch lands)
+#[derive(Debug, Clone)]
+pub struct PoolStat { pub pool: String, pub family: &'static str, pub size: u128, pub used: u128 }
+pub trait StatsSource: Send + Sync + 'static {
+    fn pools(&self) -> Vec<PoolStat>;
+    fn reservations(&self) -> usize;
+    fn config_errors(&self) -> usize;
+    fn config_present(&self) -> bool;
+}

@@ -1,0 +1,122 @@
+//! Command line: `serve` and `plan`. Flags have environment fallbacks where the peer had them.
+
+use std::path::PathBuf;
+
+use clap::builder::BoolishValueParser;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::engine::{ClassMode, DEFAULT_CLASS, Options};
+use crate::ipam::Family;
+
+#[derive(Debug, Parser)]
+#[command(name = "kube-vip-webhook", version, about = "Admission-time LoadBalancer addresses for kube-vip")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTPS admission webhook, the reconciler and the admin port.
+    Serve(Box<crate::serve::ServeArgs>),
+    /// Offline: what each Service would get, from files, without a cluster.
+    Plan(PlanArgs),
+}
+
+/// Which Services are ours and how addresses are written; shared by `serve` and `plan`.
+#[derive(Debug, Clone, Args)]
+pub struct AllocationArgs {
+    /// Handle only Services of `--loadbalancer-class` (instead of class-less ones).
+    #[arg(long, env = "KUBEVIP_ENABLE_LOADBALANCERCLASS", value_parser = BoolishValueParser::new(),
+          default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    pub enable_loadbalancer_class: bool,
+    /// The class handled in class mode.
+    #[arg(long, env = "KUBEVIP_CUSTOM_LOADBALANCERCLASS_NAME", default_value = DEFAULT_CLASS)]
+    pub loadbalancer_class: String,
+    /// Primary IP family of the cluster, for Services whose ipFamilies is not set yet (CREATE).
+    /// In `serve` it is read from the `default/kubernetes` Service unless given.
+    #[arg(long, value_enum)]
+    pub default_ip_family: Option<IpFamilyArg>,
+    /// Also write the deprecated spec.loadBalancerIP (for data planes that do not read the annotation).
+    #[arg(long, env = "KUBEVIP_WRITE_LOADBALANCER_IP", value_parser = BoolishValueParser::new(),
+          default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    pub write_load_balancer_ip: bool,
+}
+
+impl AllocationArgs {
+    pub fn options(&self, default_family: Family) -> Options {
+        Options {
+            class_mode: if self.enable_loadbalancer_class {
+                ClassMode::Class(self.loadbalancer_class.clone())
+            } else {
+                ClassMode::Classless
+            },
+            default_family: self.default_ip_family.map(Family::from).unwrap_or(default_family),
+            write_spec_load_balancer_ip: self.write_load_balancer_ip,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IpFamilyArg {
+    #[value(name = "IPv4", alias = "ipv4")]
+    IPv4,
+    #[value(name = "IPv6", alias = "ipv6")]
+    IPv6,
+}
+
+impl From<IpFamilyArg> for Family {
+    fn from(f: IpFamilyArg) -> Family {
+        match f {
+            IpFamilyArg::IPv4 => Family::V4,
+            IpFamilyArg::IPv6 => Family::V6,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The kubevip ConfigMap (YAML or JSON).
+    #[arg(long)]
+    pub configmap: PathBuf,
+    /// Existing Services (the cluster): their addresses count as used. Repeatable.
+    #[arg(long)]
+    pub services: Vec<PathBuf>,
+    /// New Services, decided in the order given. Without it: every handled LoadBalancer Service
+    /// in --services that has no address yet (what the reconciler would do). Repeatable.
+    #[arg(long)]
+    pub request: Vec<PathBuf>,
+    #[command(flatten)]
+    pub allocation: AllocationArgs,
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    pub output: OutputFormat,
+}
+
+/// `plan`: print the plan; an unreadable input is the only error.
+pub fn run_plan(args: PlanArgs) -> anyhow::Result<()> {
+    let PlanArgs {
+        configmap,
+        services,
+        request,
+        allocation,
+        output,
+    } = args;
+    let input = crate::plan::PlanInput {
+        configmap,
+        services,
+        requests: request,
+        options: allocation.options(Family::V4),
+    };
+    let plan = crate::plan::run(&input)?;
+    match output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+        OutputFormat::Table => print!("{}", crate::plan::render_table(&plan)),
+    }
+    Ok(())
+}

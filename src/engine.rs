@@ -1,0 +1,396 @@
+//! The allocation decision: (Service, config, used addresses, options) -> what to write, or why not.
+//!
+//! Pure and synchronous. The webhook, the reconciler and `plan` all call [`decide`]; the caller
+//! owns locking and reservations (see `state`).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use crate::config::{Config, FamilyPool, Pool};
+use crate::index::{HolderId, UsedIndex};
+use crate::ipam::{self, AddressSet, Family};
+use crate::service::{
+    FamilyPolicy, IMPLEMENTATION_LABEL, IMPLEMENTATION_VALUE, INTERFACE_ANNOTATION,
+    LB_IPS_ANNOTATION, RequestSource, SvcInfo, port_clash,
+};
+
+pub const DEFAULT_CLASS: &str = "kube-vip.io/kube-vip-class";
+
+/// Which Services are ours (SPEC 3).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClassMode {
+    /// Default: LoadBalancer Services without `spec.loadBalancerClass`.
+    Classless,
+    /// `KUBEVIP_ENABLE_LOADBALANCERCLASS=true`: exactly this class.
+    Class(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub class_mode: ClassMode,
+    /// The cluster's primary family, used while `ipFamilies` is not yet defaulted (CREATE).
+    pub default_family: Family,
+    /// Also write the deprecated `spec.loadBalancerIP` (data planes too old for the annotation).
+    pub write_spec_load_balancer_ip: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            class_mode: ClassMode::Classless,
+            default_family: Family::V4,
+            write_spec_load_balancer_ip: false,
+        }
+    }
+}
+
+impl Options {
+    /// What the reconciler (and `plan` without requests) allocates for: ours, and no address yet.
+    pub fn needs_allocation(&self, svc: &SvcInfo) -> bool {
+        self.handles(svc) && svc.requested().is_none()
+    }
+
+    pub fn handles(&self, svc: &SvcInfo) -> bool {
+        svc.load_balancer
+            && match &self.class_mode {
+                ClassMode::Classless => svc.class.is_none(),
+                ClassMode::Class(c) => svc.class.as_deref() == Some(c.as_str()),
+            }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not ours, or nothing to decide (already has its address).
+    Skipped(String),
+    /// Fresh addresses from `pool`; `shared` when one of them is reused under `allow-share`.
+    Allocated {
+        ips: Vec<IpAddr>,
+        pool: String,
+        shared: bool,
+    },
+    /// The user's own addresses, validated and admitted (SPEC 4.4).
+    Requested { ips: Vec<IpAddr> },
+    /// The requested address clashes with another Service.
+    Denied(String),
+    /// Admitted without an address (no pool, pool exhausted, family unavailable).
+    NoAddress(String),
+}
+
+impl Outcome {
+    /// Low-cardinality label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Skipped(_) => "skipped",
+            Outcome::Allocated { shared: true, .. } => "shared",
+            Outcome::Allocated { .. } => "allocated",
+            Outcome::Requested { .. } => "requested",
+            Outcome::Denied(_) => "denied",
+            Outcome::NoAddress(_) => "no_address",
+        }
+    }
+
+    /// Addresses this decision gives the Service (to reserve, and `plan`'s `ips`).
+    pub fn ips(&self) -> &[IpAddr] {
+        match self {
+            Outcome::Allocated { ips, .. } | Outcome::Requested { ips } => ips,
+            _ => &[],
+        }
+    }
+}
+
+/// Metadata/spec additions to write; empty maps mean nothing to write.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub annotations: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub spec_load_balancer_ip: Option<String>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.annotations.is_empty() && self.labels.is_empty() && self.spec_load_balancer_ip.is_none()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub outcome: Outcome,
+    pub changes: Changes,
+    pub warnings: Vec<String>,
+}
+
+impl Decision {
+    fn new(outcome: Outcome) -> Self {
+        Decision {
+            outcome,
+            changes: Changes::default(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// Everything the decision reads besides the Service.
+pub struct View<'a> {
+    pub config: &'a Config,
+    /// Where the ConfigMap lives, for messages (`kube-system/kubevip`).
+    pub config_name: &'a str,
+    pub index: &'a UsedIndex,
+    pub options: &'a Options,
+    /// Holders that are this very Service or request: never a conflict with itself.
+    pub me: &'a [HolderId],
+}
+
+/// Decide what `svc` gets. `old` is the previous object on UPDATE.
+pub fn decide(svc: &SvcInfo, old: Option<&SvcInfo>, view: &View<'_>) -> Decision {
+    if !view.options.handles(svc) {
+        let why = if !svc.load_balancer {
+            "not a LoadBalancer Service".to_string()
+        } else {
+            match (&view.options.class_mode, &svc.class) {
+                (ClassMode::Classless, Some(c)) => format!("loadBalancerClass {c:?} is not handled"),
+                (ClassMode::Class(want), got) => {
+                    format!("loadBalancerClass {got:?} is not the handled class {want:?}")
+                }
+                _ => "not handled".to_string(),
+            }
+        };
+        return Decision::new(Outcome::Skipped(why));
+    }
+    match svc.requested() {
+        Some(req) => {
+            let unchanged = old.is_some_and(|o| {
+                view.options.handles(o) && o.requested().map(|r| r.value) == Some(req.value)
+            });
+            requested(svc, req.value, req.source, unchanged, view)
+        }
+        None => allocate(svc, view),
+    }
+}
+
+fn requested(
+    svc: &SvcInfo,
+    value: &str,
+    source: RequestSource,
+    unchanged: bool,
+    view: &View<'_>,
+) -> Decision {
+    let field = match source {
+        RequestSource::Annotation => format!("annotation {LB_IPS_ANNOTATION}"),
+        RequestSource::SpecLoadBalancerIp => "spec.loadBalancerIP".to_string(),
+    };
+    let mut warnings = Vec::new();
+    let mut ips = Vec::new();
+    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        match entry.parse::<IpAddr>() {
+            Ok(ip) => ips.push(ip),
+            Err(_) if is_dns_name(entry) => warnings.push(format!(
+                "{field}: entry {entry:?} is a DNS name; kube-vip resolves it and it is not checked for conflicts"
+            )),
+            Err(_) => {
+                return Decision::new(Outcome::Denied(format!(
+                    "{field}: entry {entry:?} is neither an IP address nor a DNS name"
+                )));
+            }
+        }
+    }
+    let mut decision = Decision::new(Outcome::Requested { ips: ips.clone() });
+    if !unchanged {
+        // A change of the user's choice is a new request (SPEC 4.6): validate it.
+        let pool = view.config.pool_for(&svc.namespace);
+        for ip in ips.iter().filter(|ip| !ip.is_unspecified()) {
+            let mut sharers = Vec::new();
+            for holder in view.index.holders(*ip) {
+                if view.me.contains(&holder.id) {
+                    continue;
+                }
+                if let Some(pair) = port_clash(&svc.ports, &holder.ports) {
+                    return Decision::new(Outcome::Denied(format!(
+                        "{field}: address {ip} is already used by Service {} on {pair}; \
+                         choose another address or other ports",
+                        holder.label
+                    )));
+                }
+                sharers.push(holder.label.to_string());
+            }
+            if !sharers.is_empty() && !view.config.allow_share(&svc.namespace) {
+                warnings.push(format!(
+                    "address {ip} is shared with {} (no port clash); allow-share is not enabled for namespace {:?}, \
+                     requested addresses may still share",
+                    sharers.join(", "),
+                    svc.namespace
+                ));
+            }
+            if !pool.is_some_and(|p| p.contains(*ip)) {
+                warnings.push(format!(
+                    "address {ip} is outside the address pool for namespace {:?}; admitted as requested",
+                    svc.namespace
+                ));
+            }
+        }
+    }
+    decision.warnings = warnings;
+    if source == RequestSource::SpecLoadBalancerIp {
+        decision
+            .changes
+            .annotations
+            .insert(LB_IPS_ANNOTATION.to_string(), value.to_string());
+    }
+    if !svc.has_implementation_label {
+        decision
+            .changes
+            .labels
+            .insert(IMPLEMENTATION_LABEL.to_string(), IMPLEMENTATION_VALUE.to_string());
+    }
+    decision
+}
+
+fn allocate(svc: &SvcInfo, view: &View<'_>) -> Decision {
+    let ns = &svc.namespace;
+    let Some(pool) = view.config.pool_for(ns) else {
+        return Decision::new(Outcome::NoAddress(format!(
+            "no address pool for namespace {ns:?}: ConfigMap {} has none of the keys cidr-{ns}, cidr-global, range-{ns}, range-global",
+            view.config_name
+        )));
+    };
+    let mut warnings: Vec<String> = view
+        .config
+        .errors_for_key(&pool.key)
+        .map(|e| format!("ConfigMap {}: {e} (entry ignored)", view.config_name))
+        .collect();
+
+    let primary = svc.families.first().copied().unwrap_or(view.options.default_family);
+    let secondary = other(primary);
+    let (wanted, required): (&[Family], bool) = match svc.policy {
+        None | Some(FamilyPolicy::SingleStack) => (&[primary], true),
+        Some(FamilyPolicy::RequireDualStack) => (&[primary, secondary], true),
+        Some(FamilyPolicy::PreferDualStack) => (&[primary, secondary], false),
+    };
+
+    let share = view.config.allow_share(ns);
+    let mut ips = Vec::new();
+    let mut shared = false;
+    let mut missing = Vec::new();
+    for family in wanted {
+        match pick(svc, pool, *family, share, view) {
+            Ok((ip, was_shared)) => {
+                ips.push(ip);
+                shared |= was_shared;
+            }
+            Err(why) => missing.push(why),
+        }
+    }
+    if ips.is_empty() || (required && !missing.is_empty()) {
+        let what = if wanted.len() == 2 && required {
+            "RequireDualStack needs one free address of each family: "
+        } else {
+            ""
+        };
+        let mut decision = Decision::new(Outcome::NoAddress(format!(
+            "{what}{}",
+            missing.join("; ")
+        )));
+        decision.warnings = warnings;
+        return decision;
+    }
+    // PreferDualStack with one family unavailable: admitted with what we have, and said so.
+    warnings.extend(missing.into_iter().map(|m| format!("PreferDualStack: {m}")));
+
+    let value = ips.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(",");
+    let mut decision = Decision::new(Outcome::Allocated {
+        ips: ips.clone(),
+        pool: pool.key.clone(),
+        shared,
+    });
+    decision.warnings = warnings;
+    let changes = &mut decision.changes;
+    changes.annotations.insert(LB_IPS_ANNOTATION.to_string(), value);
+    if let Some(iface) = view.config.interface(ns) {
+        changes
+            .annotations
+            .insert(INTERFACE_ANNOTATION.to_string(), iface.to_string());
+    }
+    if !svc.has_implementation_label {
+        changes
+            .labels
+            .insert(IMPLEMENTATION_LABEL.to_string(), IMPLEMENTATION_VALUE.to_string());
+    }
+    if view.options.write_spec_load_balancer_ip {
+        changes.spec_load_balancer_ip = ips.first().map(IpAddr::to_string);
+    }
+    decision
+}
+
+/// One address of `family` from `pool`: a shareable held address first when sharing is on,
+/// else the next free one. Err says why not, naming pool, namespace and counts.
+fn pick(
+    svc: &SvcInfo,
+    pool: &Pool,
+    family: Family,
+    share: bool,
+    view: &View<'_>,
+) -> Result<(IpAddr, bool), String> {
+    let ns = &svc.namespace;
+    let set = match pool.family(family) {
+        None => {
+            return Err(format!(
+                "pool {} for namespace {ns:?} has no {family} addresses",
+                pool.key
+            ));
+        }
+        Some(FamilyPool::Dhcp) => return Ok((IpAddr::V4(Ipv4Addr::UNSPECIFIED), false)),
+        Some(FamilyPool::Set(set)) => set,
+    };
+    if set.is_empty() {
+        return Err(format!(
+            "pool {} for namespace {ns:?} has no usable {family} entries (see the ConfigMap errors)",
+            pool.key
+        ));
+    }
+    let order = view.config.search_order();
+    if share && let Some(ip) = shareable(svc, set, view) {
+        return Ok((ip, true));
+    }
+    match ipam::next_free(set, view.index.addrs(), order) {
+        Some(ip) => Ok((ip, false)),
+        None => Err(format!(
+            "pool {} for namespace {ns:?} is exhausted: all {} {family} addresses of {set} are in use",
+            pool.key,
+            set.capacity()
+        )),
+    }
+}
+
+/// First held address of the pool (search order) whose every holder has no (port, protocol)
+/// in common with `svc` (SPEC 4.5).
+fn shareable(svc: &SvcInfo, set: &AddressSet, view: &View<'_>) -> Option<IpAddr> {
+    view.index
+        .addrs()
+        .iter_in(set, view.config.search_order())
+        .find(|ip| {
+            let holders = view.index.holders(*ip);
+            holders.iter().all(|h| {
+                view.me.contains(&h.id) || port_clash(&svc.ports, &h.ports).is_none()
+            })
+        })
+}
+
+fn other(f: Family) -> Family {
+    match f {
+        Family::V4 => Family::V6,
+        Family::V6 => Family::V4,
+    }
+}
+
+/// RFC 1123 host name (kube-vip accepts DNS names in the annotation).
+fn is_dns_name(s: &str) -> bool {
+    s.len() <= 253
+        && s.chars().any(|c| c.is_ascii_alphabetic())
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}

@@ -1,0 +1,189 @@
+//! `kube-vip-webhook plan`: what each Service would get, offline, through the same engine.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::engine::{Options, Outcome};
+use crate::files::{self, FileError};
+use crate::service::SvcInfo;
+use crate::state::{Allocator, Confirm, Request};
+
+pub struct PlanInput {
+    pub configmap: PathBuf,
+    pub services: Vec<PathBuf>,
+    pub requests: Vec<PathBuf>,
+    pub options: Options,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PlanResult {
+    pub namespace: String,
+    pub name: String,
+    /// allocated | shared | requested | skipped | denied | no_address
+    pub outcome: &'static str,
+    pub ips: Vec<String>,
+    pub annotations: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub warnings: Vec<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PoolUsage {
+    pub key: String,
+    pub family: &'static str,
+    pub size: u128,
+    pub used: u128,
+    pub free: u128,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Plan {
+    pub results: Vec<PlanResult>,
+    pub pools: Vec<PoolUsage>,
+    pub config_errors: Vec<String>,
+}
+
+/// Decide every request in order (each result counts as used for the next). Without requests,
+/// decide every handled LoadBalancer Service of the cluster files that has no address yet.
+pub fn run(input: &PlanInput) -> Result<Plan, FileError> {
+    let config = Config::from_data(&files::load_configmap_data(&input.configmap)?);
+    let config_errors = config.errors().iter().map(ToString::to_string).collect();
+    let allocator = Allocator::new(input.options.clone(), Confirm::OnAdmit, input.configmap.display().to_string());
+    allocator.set_config(Some(config));
+
+    let mut existing = Vec::new();
+    for path in &input.services {
+        existing.extend(files::load_services(path)?.iter().map(SvcInfo::from_service));
+    }
+    let mut requests = Vec::new();
+    for path in &input.requests {
+        requests.extend(files::load_services(path)?.iter().map(SvcInfo::from_service));
+    }
+    allocator.reset_services(&existing);
+    if input.requests.is_empty() {
+        requests = existing
+            .into_iter()
+            .filter(|s| allocator.options().needs_allocation(s))
+            .collect();
+    }
+
+    let now = Instant::now();
+    let mut results = Vec::with_capacity(requests.len());
+    for (i, svc) in requests.iter().enumerate() {
+        let id = format!("plan-{i}");
+        let d = allocator.admit(
+            Request {
+                id: &id,
+                svc,
+                old: None,
+                dry_run: false,
+            },
+            now,
+        );
+        let error = match &d.outcome {
+            Outcome::Denied(why) | Outcome::NoAddress(why) => Some(why.clone()),
+            Outcome::Skipped(why) => Some(format!("skipped: {why}")),
+            _ => None,
+        };
+        results.push(PlanResult {
+            namespace: svc.namespace.clone(),
+            name: if svc.name.is_empty() {
+                svc.generate_name.clone().unwrap_or_default()
+            } else {
+                svc.name.clone()
+            },
+            outcome: d.outcome.label(),
+            ips: d.outcome.ips().iter().map(ToString::to_string).collect(),
+            annotations: d.changes.annotations,
+            labels: d.changes.labels,
+            warnings: d.warnings,
+            error,
+        });
+    }
+    let pools = allocator
+        .pool_stats()
+        .into_iter()
+        .map(|p| PoolUsage {
+            key: p.pool,
+            family: p.family,
+            size: p.size,
+            used: p.used,
+            free: p.size.saturating_sub(p.used),
+        })
+        .collect();
+    Ok(Plan {
+        results,
+        pools,
+        config_errors,
+    })
+}
+
+/// The table for people.
+pub fn render_table(plan: &Plan) -> String {
+    let mut out = String::new();
+    let rows: Vec<[String; 5]> = plan
+        .results
+        .iter()
+        .map(|r| {
+            [
+                r.namespace.clone(),
+                r.name.clone(),
+                r.outcome.to_string(),
+                if r.ips.is_empty() { "-".into() } else { r.ips.join(",") },
+                r.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(&mut out, ["NAMESPACE", "NAME", "RESULT", "ADDRESSES", "REASON"], &rows);
+    for r in &plan.results {
+        for w in &r.warnings {
+            let _ = writeln!(out, "warning: {}/{}: {w}", r.namespace, r.name);
+        }
+    }
+    out.push('\n');
+    let pools: Vec<[String; 5]> = plan
+        .pools
+        .iter()
+        .map(|p| {
+            [
+                p.key.clone(),
+                p.family.to_string(),
+                p.size.to_string(),
+                p.used.to_string(),
+                p.free.to_string(),
+            ]
+        })
+        .collect();
+    table(&mut out, ["POOL", "FAMILY", "SIZE", "USED", "FREE"], &pools);
+    for e in &plan.config_errors {
+        let _ = writeln!(out, "config error: {e}");
+    }
+    out
+}
+
+fn table<const N: usize>(out: &mut String, header: [&str; N], rows: &[[String; N]]) {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut line = |cells: &[&str]| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", text.join("  ").trim_end());
+    };
+    line(&header);
+    for row in rows {
+        line(&row.each_ref().map(String::as_str));
+    }
+}
