@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 /// Prefix of every metric name.
@@ -21,8 +21,9 @@ pub const PREFIX: &str = "kube_vip_webhook";
 
 /// Admission latency buckets in seconds: the allocation itself is sub-millisecond; the upper
 /// buckets catch lock contention and slow clients up to the webhook timeout range.
-const ADMISSION_BUCKETS: [f64; 13] =
-    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+const ADMISSION_BUCKETS: [f64; 13] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
 
 /// Usage of one pool, as the allocator sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,30 +104,57 @@ impl Metrics {
             admission_duration.clone(),
         );
         let reconciles = Family::<OutcomeLabels, Counter>::default();
-        registry.register("reconciles", "Reconciler passes over a Service, by outcome", reconciles.clone());
+        registry.register(
+            "reconciles",
+            "Reconciler passes over a Service, by outcome",
+            reconciles.clone(),
+        );
         let events = Family::<ReasonLabels, Counter>::default();
-        registry.register("events", "Kubernetes Events emitted, by reason", events.clone());
+        registry.register(
+            "events",
+            "Kubernetes Events emitted, by reason",
+            events.clone(),
+        );
         registry.register_collector(Box::new(StatsCollector(stats)));
-        Metrics { registry, admissions, admission_duration, reconciles, events }
+        Metrics {
+            registry,
+            admissions,
+            admission_duration,
+            reconciles,
+            events,
+        }
     }
 
     /// Count one admission answer and record how long it took.
     pub fn observe_admission(&self, operation: &str, outcome: &str, elapsed: Duration) {
-        let labels = AdmissionLabels { operation: operation.to_string(), outcome: outcome.to_string() };
+        let labels = AdmissionLabels {
+            operation: operation.to_string(),
+            outcome: outcome.to_string(),
+        };
         self.admissions.get_or_create(&labels).inc();
         self.admission_duration
-            .get_or_create(&OperationLabels { operation: operation.to_string() })
+            .get_or_create(&OperationLabels {
+                operation: operation.to_string(),
+            })
             .observe(elapsed.as_secs_f64());
     }
 
     /// Count one reconcile of a Service.
     pub fn inc_reconcile(&self, outcome: &str) {
-        self.reconciles.get_or_create(&OutcomeLabels { outcome: outcome.to_string() }).inc();
+        self.reconciles
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+            })
+            .inc();
     }
 
     /// Count one emitted Kubernetes Event.
     pub fn inc_event(&self, reason: &str) {
-        self.events.get_or_create(&ReasonLabels { reason: reason.to_string() }).inc();
+        self.events
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     /// OpenMetrics text exposition of everything (ends with `# EOF`).
@@ -169,44 +197,60 @@ fn pool_gauge(
     let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
     for p in pools {
         let labels = [("pool", p.pool.as_str()), ("family", p.family)];
-        metric.encode_family(&labels)?.encode_gauge(&addresses(value(p)))?;
+        metric
+            .encode_family(&labels)?
+            .encode_gauge(&addresses(value(p)))?;
     }
     Ok(())
 }
 
 fn plain_gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
-    encoder.encode_descriptor(name, help, None, MetricType::Gauge)?.encode_gauge(&value)
+    encoder
+        .encode_descriptor(name, help, None, MetricType::Gauge)?
+        .encode_gauge(&value)
 }
 
 impl Collector for StatsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let pools = self.0.pools();
-        pool_gauge(&mut encoder, "pool_addresses", "Allocatable addresses in the pool", &pools, |p| {
-            p.size
-        })?;
-        pool_gauge(&mut encoder, "pool_addresses_used", "Addresses of the pool in use", &pools, |p| {
-            p.used
-        })?;
-        pool_gauge(&mut encoder, "pool_addresses_free", "Addresses of the pool still free", &pools, |p| {
-            p.size.saturating_sub(p.used)
-        })?;
+        pool_gauge(
+            &mut encoder,
+            "pool_addresses",
+            "Allocatable addresses in the pool.",
+            &pools,
+            |p| p.size,
+        )?;
+        pool_gauge(
+            &mut encoder,
+            "pool_addresses_used",
+            "Addresses of the pool in use.",
+            &pools,
+            |p| p.used,
+        )?;
+        pool_gauge(
+            &mut encoder,
+            "pool_addresses_free",
+            "Addresses of the pool still free.",
+            &pools,
+            |p| p.size.saturating_sub(p.used),
+        )?;
         let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
         plain_gauge(
             &mut encoder,
             "reservations",
-            "Admission reservations not yet confirmed by the Service cache",
+            "Admission reservations not yet confirmed by the Service cache.",
             count(self.0.reservations()),
         )?;
         plain_gauge(
             &mut encoder,
             "config_errors",
-            "Problems found in the current pool configuration",
+            "Problems found in the current pool configuration.",
             count(self.0.config_errors()),
         )?;
         plain_gauge(
             &mut encoder,
             "config_present",
-            "1 if the pool ConfigMap exists, 0 otherwise",
+            "1 if the pool ConfigMap exists, 0 otherwise.",
             u64::from(self.0.config_present()),
         )
     }

@@ -59,7 +59,10 @@ pub async fn serve_http(
 
 fn http_builder() -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
     builder
 }
 
@@ -196,7 +199,10 @@ pub fn cancel_on_signal(token: CancellationToken) {
     };
     tokio::spawn(async move {
         let first = signals.next().await;
-        tracing::info!(signal = first.name, "shutting down; a second signal exits immediately");
+        tracing::info!(
+            signal = first.name,
+            "shutting down; a second signal exits immediately"
+        );
         token.cancel();
         let second = signals.next().await;
         tracing::warn!(signal = second.name, "second signal; exiting now");
@@ -219,7 +225,10 @@ struct Signals {
 impl Signals {
     fn new() -> io::Result<Self> {
         use tokio::signal::unix::{SignalKind, signal};
-        Ok(Self { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
 
     async fn next(&mut self) -> Received {
@@ -245,6 +254,9 @@ impl Signals {
             tracing::error!(error = %e, "waiting for Ctrl-C failed");
             std::future::pending::<()>().await;
         }
-        Received { name: "Ctrl-C", exit_code: 130 }
+        Received {
+            name: "Ctrl-C",
+            exit_code: 130,
+        }
     }
 }

@@ -13,12 +13,12 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
+use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::ServerConfig;
 
 /// Errors loading, validating or generating TLS material. Messages name the file (or PEM input)
 /// and what is wrong with it; the underlying cause is the error's `source()`.
@@ -39,8 +39,14 @@ pub enum TlsError {
     #[error("{what}: no PEM CERTIFICATE block found")]
     NoCertificate { what: String },
     #[error("{what}: certificate #{index} is not a valid X.509 certificate: {reason}")]
-    BadCertificate { what: String, index: usize, reason: String },
-    #[error("{what}: no PEM private key found (expected PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)")]
+    BadCertificate {
+        what: String,
+        index: usize,
+        reason: String,
+    },
+    #[error(
+        "{what}: no PEM private key found (expected PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)"
+    )]
     NoPrivateKey { what: String },
     #[error("{what}: unusable private key")]
     BadKey {
@@ -84,9 +90,14 @@ fn build_config(resolver: Arc<dyn ResolvesServerCert>) -> Result<Arc<ServerConfi
 fn parse_certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::Pem { what: what.to_string(), source })?;
+        .map_err(|source| TlsError::Pem {
+            what: what.to_string(),
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(TlsError::NoCertificate { what: what.to_string() });
+        return Err(TlsError::NoCertificate {
+            what: what.to_string(),
+        });
     }
     for (index, der) in certs.iter().enumerate() {
         x509_parser::parse_x509_certificate(der).map_err(|e| TlsError::BadCertificate {
@@ -100,8 +111,13 @@ fn parse_certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, T
 
 fn parse_key(pem: &[u8], what: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_slice(pem).map_err(|source| match source {
-        rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoPrivateKey { what: what.to_string() },
-        source => TlsError::Pem { what: what.to_string(), source },
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoPrivateKey {
+            what: what.to_string(),
+        },
+        source => TlsError::Pem {
+            what: what.to_string(),
+            source,
+        },
     })
 }
 
@@ -118,13 +134,19 @@ fn certified_key(
     let signing_key = provider()
         .key_provider
         .load_private_key(key)
-        .map_err(|source| TlsError::BadKey { what: key_what.to_string(), source })?;
+        .map_err(|source| TlsError::BadKey {
+            what: key_what.to_string(),
+            source,
+        })?;
     let certified = CertifiedKey::new(chain, signing_key);
     match certified.keys_match() {
         // ring always knows the public key; `Unknown` would only mean "cannot check".
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
         Err(_) => {
-            return Err(TlsError::KeyMismatch { cert: cert_what.to_string(), key: key_what.to_string() });
+            return Err(TlsError::KeyMismatch {
+                cert: cert_what.to_string(),
+                key: key_what.to_string(),
+            });
         }
     }
     warn_if_not_current(&certified, cert_what);
@@ -202,12 +224,19 @@ impl fmt::Debug for FileResolver {
 impl FileResolver {
     fn new(cert_path: PathBuf, key_path: PathBuf) -> Result<Self, TlsError> {
         let (cert_pem, key_pem) = read_pair(&cert_path, &key_path)?;
-        let current =
-            certified_key(&cert_pem, &key_pem, &cert_what(&cert_path), &key_what(&key_path))?;
+        let current = certified_key(
+            &cert_pem,
+            &key_pem,
+            &cert_what(&cert_path),
+            &key_what(&key_path),
+        )?;
         Ok(Self {
             cert_path,
             key_path,
-            state: Mutex::new(FileState { seen: Some((cert_pem, key_pem)), current: Arc::new(current) }),
+            state: Mutex::new(FileState {
+                seen: Some((cert_pem, key_pem)),
+                current: Arc::new(current),
+            }),
         })
     }
 
@@ -224,7 +253,12 @@ impl FileResolver {
         if state.seen.as_ref() == Some(&pair) {
             return;
         }
-        let loaded = certified_key(&pair.0, &pair.1, &cert_what(&self.cert_path), &key_what(&self.key_path));
+        let loaded = certified_key(
+            &pair.0,
+            &pair.1,
+            &cert_what(&self.cert_path),
+            &key_what(&self.key_path),
+        );
         // Remember the bytes even when they are bad, so they are not re-parsed on every handshake.
         state.seen = Some(pair);
         match loaded {
@@ -256,8 +290,14 @@ fn key_what(path: &Path) -> String {
 }
 
 fn read_pair(cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
-    let cert_pem = std::fs::read(cert).map_err(|source| TlsError::Read { what: cert_what(cert), source })?;
-    let key_pem = std::fs::read(key).map_err(|source| TlsError::Read { what: key_what(key), source })?;
+    let cert_pem = std::fs::read(cert).map_err(|source| TlsError::Read {
+        what: cert_what(cert),
+        source,
+    })?;
+    let key_pem = std::fs::read(key).map_err(|source| TlsError::Read {
+        what: key_what(key),
+        source,
+    })?;
     Ok((cert_pem, key_pem))
 }
 
@@ -265,7 +305,10 @@ fn read_pair(cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
 // From PEM strings, swappable
 
 /// Static server config from PEM strings.
-pub fn server_config_from_pem(cert_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>, TlsError> {
+pub fn server_config_from_pem(
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(SwappableCert::new(cert_pem, key_pem)?.server_config())
 }
 
@@ -283,14 +326,24 @@ struct SwapResolver(RwLock<Arc<CertifiedKey>>);
 
 impl ResolvesServerCert for SwapResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.read().unwrap_or_else(PoisonError::into_inner).clone())
+        Some(
+            self.0
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        )
     }
 }
 
 impl SwappableCert {
     /// Validate the pair and build the config.
     pub fn new(cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
-        let key = certified_key(cert_pem.as_bytes(), key_pem.as_bytes(), "certificate PEM", "private key PEM")?;
+        let key = certified_key(
+            cert_pem.as_bytes(),
+            key_pem.as_bytes(),
+            "certificate PEM",
+            "private key PEM",
+        )?;
         let resolver = Arc::new(SwapResolver(RwLock::new(Arc::new(key))));
         let config = build_config(resolver.clone())?;
         Ok(Self { resolver, config })
@@ -304,8 +357,17 @@ impl SwappableCert {
     /// Replace the certificate for new connections. An invalid pair is rejected and the current
     /// one stays in service.
     pub fn swap(&self, cert_pem: &str, key_pem: &str) -> Result<(), TlsError> {
-        let key = certified_key(cert_pem.as_bytes(), key_pem.as_bytes(), "certificate PEM", "private key PEM")?;
-        *self.resolver.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(key);
+        let key = certified_key(
+            cert_pem.as_bytes(),
+            key_pem.as_bytes(),
+            "certificate PEM",
+            "private key PEM",
+        )?;
+        *self
+            .resolver
+            .0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(key);
         Ok(())
     }
 }
@@ -343,7 +405,10 @@ const BACKDATE: Duration = Duration::from_secs(3600);
 /// A new CA (ECDSA P-256, valid `CA_VALIDITY_FACTOR` x `validity`, capped at 100 years) and a
 /// serving certificate signed by it for `dns_names` (entries that parse as IP addresses become IP
 /// SANs), valid `validity` from now.
-pub fn generate_self_signed(dns_names: &[String], validity: Duration) -> Result<SelfSigned, TlsError> {
+pub fn generate_self_signed(
+    dns_names: &[String],
+    validity: Duration,
+) -> Result<SelfSigned, TlsError> {
     generate_self_signed_at(dns_names, validity, SystemTime::now())
 }
 
@@ -353,13 +418,21 @@ fn generate_self_signed_at(
     now: SystemTime,
 ) -> Result<SelfSigned, TlsError> {
     check_validity(validity)?;
-    let ca_validity = validity.checked_mul(CA_VALIDITY_FACTOR).unwrap_or(MAX_VALIDITY).min(MAX_VALIDITY);
+    let ca_validity = validity
+        .checked_mul(CA_VALIDITY_FACTOR)
+        .unwrap_or(MAX_VALIDITY)
+        .min(MAX_VALIDITY);
     let ca_key = KeyPair::generate().map_err(TlsError::Generate)?;
     let mut ca = CertificateParams::default();
     ca.distinguished_name = rcgen::DistinguishedName::new();
-    ca.distinguished_name.push(DnType::CommonName, "kube-vip-webhook CA");
+    ca.distinguished_name
+        .push(DnType::CommonName, "kube-vip-webhook CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let (not_before, not_after) = window(now, ca_validity)?;
     ca.not_before = not_before.into();
     ca.not_after = not_after.into();
@@ -368,7 +441,12 @@ fn generate_self_signed_at(
     let ca_key_pem = ca_key.serialize_pem();
     let issuer = Issuer::new(ca, ca_key);
     let (cert_pem, key_pem) = issue(&issuer, not_after, dns_names, validity, now)?;
-    Ok(SelfSigned { ca_cert_pem, ca_key_pem, cert_pem, key_pem })
+    Ok(SelfSigned {
+        ca_cert_pem,
+        ca_key_pem,
+        cert_pem,
+        key_pem,
+    })
 }
 
 /// A new serving certificate and key (PEM) for `dns_names`, signed by an existing CA, valid
@@ -381,7 +459,13 @@ pub fn issue_serving_cert(
     dns_names: &[String],
     validity: Duration,
 ) -> Result<(String, String), TlsError> {
-    issue_serving_cert_at(ca_cert_pem, ca_key_pem, dns_names, validity, SystemTime::now())
+    issue_serving_cert_at(
+        ca_cert_pem,
+        ca_key_pem,
+        dns_names,
+        validity,
+        SystemTime::now(),
+    )
 }
 
 fn issue_serving_cert_at(
@@ -394,11 +478,12 @@ fn issue_serving_cert_at(
     check_validity(validity)?;
     let what = "CA certificate PEM";
     let ca_der = parse_certs(ca_cert_pem.as_bytes(), what)?.swap_remove(0);
-    let (_, ca_x509) = x509_parser::parse_x509_certificate(&ca_der).map_err(|e| TlsError::BadCertificate {
-        what: what.to_string(),
-        index: 1,
-        reason: e.to_string(),
-    })?;
+    let (_, ca_x509) =
+        x509_parser::parse_x509_certificate(&ca_der).map_err(|e| TlsError::BadCertificate {
+            what: what.to_string(),
+            index: 1,
+            reason: e.to_string(),
+        })?;
     if !ca_x509.is_ca() {
         return Err(TlsError::NotCa);
     }
@@ -427,8 +512,13 @@ fn issue(
     };
     let mut params = CertificateParams::new(dns_names.to_vec()).map_err(TlsError::Generate)?;
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, first.as_str());
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params
+        .distinguished_name
+        .push(DnType::CommonName, first.as_str());
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.use_authority_key_identifier_extension = true;
     let (not_before, not_after) = window(now, validity)?;
@@ -448,7 +538,9 @@ fn check_validity(validity: Duration) -> Result<(), TlsError> {
 
 fn window(now: SystemTime, validity: Duration) -> Result<(SystemTime, SystemTime), TlsError> {
     let not_before = now.checked_sub(BACKDATE).unwrap_or(now);
-    let not_after = now.checked_add(validity).ok_or(TlsError::Validity(validity))?;
+    let not_after = now
+        .checked_add(validity)
+        .ok_or(TlsError::Validity(validity))?;
     Ok((not_before, not_after))
 }
 
@@ -465,11 +557,12 @@ fn asn1_to_system_time(secs: i64) -> SystemTime {
 pub fn not_after(cert_pem: &str) -> Result<SystemTime, TlsError> {
     let what = "certificate PEM";
     let first = parse_certs(cert_pem.as_bytes(), what)?.swap_remove(0);
-    let (_, cert) = x509_parser::parse_x509_certificate(&first).map_err(|e| TlsError::BadCertificate {
-        what: what.to_string(),
-        index: 1,
-        reason: e.to_string(),
-    })?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&first).map_err(|e| TlsError::BadCertificate {
+            what: what.to_string(),
+            index: 1,
+            reason: e.to_string(),
+        })?;
     Ok(asn1_to_system_time(cert.validity().not_after.timestamp()))
 }
 
@@ -483,7 +576,10 @@ mod tests {
     const DAY: Duration = Duration::from_secs(24 * 3600);
 
     fn names() -> Vec<String> {
-        vec!["kube-vip-webhook.kube-system.svc".to_string(), "10.0.0.7".to_string()]
+        vec![
+            "kube-vip-webhook.kube-system.svc".to_string(),
+            "10.0.0.7".to_string(),
+        ]
     }
 
     fn verify(ca_pem: &str, cert_pem: &str, name: &str) -> Result<(), rustls::Error> {
@@ -491,21 +587,37 @@ mod tests {
         for ca in parse_certs(ca_pem.as_bytes(), "ca").unwrap() {
             roots.add(ca).unwrap();
         }
-        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider()).build().unwrap();
+        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .unwrap();
         let chain = parse_certs(cert_pem.as_bytes(), "cert").unwrap();
         let name = ServerName::try_from(name.to_string()).unwrap();
-        verifier.verify_server_cert(&chain[0], &chain[1..], &name, &[], UnixTime::now()).map(|_| ())
+        verifier
+            .verify_server_cert(&chain[0], &chain[1..], &name, &[], UnixTime::now())
+            .map(|_| ())
     }
 
     #[test]
     fn self_signed_serving_cert_verifies_for_its_names_only() {
         let s = generate_self_signed(&names(), DAY).unwrap();
-        verify(&s.ca_cert_pem, &s.cert_pem, "kube-vip-webhook.kube-system.svc").unwrap();
+        verify(
+            &s.ca_cert_pem,
+            &s.cert_pem,
+            "kube-vip-webhook.kube-system.svc",
+        )
+        .unwrap();
         verify(&s.ca_cert_pem, &s.cert_pem, "10.0.0.7").unwrap();
         assert!(verify(&s.ca_cert_pem, &s.cert_pem, "other.kube-system.svc").is_err());
         // It does not verify against an unrelated CA.
         let other = generate_self_signed(&names(), DAY).unwrap();
-        assert!(verify(&other.ca_cert_pem, &s.cert_pem, "kube-vip-webhook.kube-system.svc").is_err());
+        assert!(
+            verify(
+                &other.ca_cert_pem,
+                &s.cert_pem,
+                "kube-vip-webhook.kube-system.svc"
+            )
+            .is_err()
+        );
         // The pair is usable as a server certificate.
         SwappableCert::new(&s.cert_pem, &s.key_pem).unwrap();
     }
@@ -526,7 +638,10 @@ mod tests {
         let leaf = not_after(&s.cert_pem).unwrap();
         let expected = now + 7 * DAY;
         // X.509 times have whole-second precision.
-        assert!(leaf <= expected && leaf + Duration::from_secs(1) > expected, "{leaf:?} vs {expected:?}");
+        assert!(
+            leaf <= expected && leaf + Duration::from_secs(1) > expected,
+            "{leaf:?} vs {expected:?}"
+        );
         let ca = not_after(&s.ca_cert_pem).unwrap();
         let expected_ca = now + 70 * DAY;
         assert!(ca <= expected_ca && ca + Duration::from_secs(1) > expected_ca);
@@ -537,8 +652,12 @@ mod tests {
         let start = SystemTime::now() - 60 * DAY;
         // CA valid 10 days from `start` + 10 * 7 days = start + 70 days = now + 10 days.
         let s = generate_self_signed_at(&names(), 7 * DAY, start).unwrap();
-        let (cert, _) = issue_serving_cert(&s.ca_cert_pem, &s.ca_key_pem, &names(), 30 * DAY).unwrap();
-        assert_eq!(not_after(&cert).unwrap(), not_after(&s.ca_cert_pem).unwrap());
+        let (cert, _) =
+            issue_serving_cert(&s.ca_cert_pem, &s.ca_key_pem, &names(), 30 * DAY).unwrap();
+        assert_eq!(
+            not_after(&cert).unwrap(),
+            not_after(&s.ca_cert_pem).unwrap()
+        );
     }
 
     #[test]
@@ -559,14 +678,26 @@ mod tests {
 
     #[test]
     fn bad_inputs_are_errors() {
-        assert!(matches!(generate_self_signed(&[], DAY), Err(TlsError::NoNames)));
-        assert!(matches!(generate_self_signed(&names(), Duration::ZERO), Err(TlsError::Validity(_))));
-        assert!(matches!(generate_self_signed(&names(), Duration::MAX), Err(TlsError::Validity(_))));
+        assert!(matches!(
+            generate_self_signed(&[], DAY),
+            Err(TlsError::NoNames)
+        ));
+        assert!(matches!(
+            generate_self_signed(&names(), Duration::ZERO),
+            Err(TlsError::Validity(_))
+        ));
+        assert!(matches!(
+            generate_self_signed(&names(), Duration::MAX),
+            Err(TlsError::Validity(_))
+        ));
         assert!(matches!(
             generate_self_signed(&["b\u{e4}d.example".to_string()], DAY),
             Err(TlsError::Generate(_))
         ));
-        assert!(matches!(not_after("no pem here"), Err(TlsError::NoCertificate { .. })));
+        assert!(matches!(
+            not_after("no pem here"),
+            Err(TlsError::NoCertificate { .. })
+        ));
     }
 
     #[test]

@@ -16,10 +16,14 @@ use kube_vip_webhook::admin::{self, Readiness};
 use kube_vip_webhook::metrics::{Metrics, PoolStat, StatsSource};
 use kube_vip_webhook::server::{cancel_on_signal, serve_http, serve_https};
 use kube_vip_webhook::tls::{
-    TlsError, generate_self_signed, issue_serving_cert, reloading_server_config, server_config_from_pem,
+    TlsError, generate_self_signed, issue_serving_cert, reloading_server_config,
+    server_config_from_pem,
 };
 use reqwest::StatusCode;
-use support_tls::{Http, SecretVolume, https_client, install_provider, leaf_der, listener, names, presented_cert, url};
+use support_tls::{
+    Http, SecretVolume, https_client, install_provider, leaf_der, listener, names, presented_cert,
+    url,
+};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -37,7 +41,11 @@ struct Running {
 impl Running {
     async fn stop(self) {
         self.shutdown.cancel();
-        tokio::time::timeout(PATIENCE, self.task).await.unwrap().unwrap().unwrap();
+        tokio::time::timeout(PATIENCE, self.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
     }
 }
 
@@ -45,7 +53,11 @@ fn spawn_https(tls: Arc<rustls::ServerConfig>, app: Router, drain: Duration) -> 
     let (listener, addr) = listener();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(serve_https(listener, tls, app, shutdown.clone(), drain));
-    Running { addr, shutdown, task }
+    Running {
+        addr,
+        shutdown,
+        task,
+    }
 }
 
 fn hello_app() -> Router {
@@ -64,7 +76,10 @@ async fn https_serves_http1_and_http2() {
     let certs = generate_self_signed(&names(), DAY).unwrap();
     let tls = server_config_from_pem(&certs.cert_pem, &certs.key_pem).unwrap();
     let server = spawn_https(tls, hello_app(), PATIENCE);
-    for (http, expected) in [(Http::One, reqwest::Version::HTTP_11), (Http::Two, reqwest::Version::HTTP_2)] {
+    for (http, expected) in [
+        (Http::One, reqwest::Version::HTTP_11),
+        (Http::Two, reqwest::Version::HTTP_2),
+    ] {
         let client = https_client(&certs.ca_cert_pem, server.addr, http);
         // Several requests, so HTTP/1.1 keep-alive / HTTP/2 streams are exercised too.
         for _ in 0..3 {
@@ -113,10 +128,16 @@ fn invalid_files_are_reported_before_binding() {
     let err = reloading_server_config(&cert, &key).unwrap_err();
     assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err}");
     let text = message(err);
-    assert!(text.contains(&key.display().to_string()) && text.contains(&cert.display().to_string()));
+    assert!(
+        text.contains(&key.display().to_string()) && text.contains(&cert.display().to_string())
+    );
 
     // A certificate block whose content is not X.509.
-    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+    std::fs::write(
+        &cert,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
     std::fs::write(&key, &a.key_pem).unwrap();
     let err = reloading_server_config(&cert, &key).unwrap_err();
     assert!(matches!(err, TlsError::BadCertificate { .. }), "{err}");
@@ -137,20 +158,29 @@ fn issue(count: usize) -> Issued {
     let pairs = (0..count)
         .map(|_| issue_serving_cert(&ca.ca_cert_pem, &ca.ca_key_pem, &names(), DAY).unwrap())
         .collect();
-    Issued { ca_pem: ca.ca_cert_pem, pairs }
+    Issued {
+        ca_pem: ca.ca_cert_pem,
+        pairs,
+    }
 }
 
 #[tokio::test]
 async fn rotation_of_plain_files_reaches_new_connections() {
     install_provider();
     let issued = issue(3);
-    let [(a_cert, a_key), (b_cert, b_key), (c_cert, c_key)] = &issued.pairs[..] else { unreachable!() };
+    let [(a_cert, a_key), (b_cert, b_key), (c_cert, c_key)] = &issued.pairs[..] else {
+        unreachable!()
+    };
     let dir = tempfile::tempdir().unwrap();
     let cert = dir.path().join("tls.crt");
     let key = dir.path().join("tls.key");
     std::fs::write(&cert, a_cert).unwrap();
     std::fs::write(&key, a_key).unwrap();
-    let server = spawn_https(reloading_server_config(&cert, &key).unwrap(), hello_app(), PATIENCE);
+    let server = spawn_https(
+        reloading_server_config(&cert, &key).unwrap(),
+        hello_app(),
+        PATIENCE,
+    );
     let presented = || presented_cert(server.addr, &issued.ca_pem);
 
     assert_eq!(presented().await, leaf_der(a_cert));
@@ -160,7 +190,15 @@ async fn rotation_of_plain_files_reaches_new_connections() {
     std::fs::write(&key, b_key).unwrap();
     assert_eq!(presented().await, leaf_der(b_cert));
     let client = https_client(&issued.ca_pem, server.addr, Http::One);
-    assert_eq!(client.get(url(server.addr, "/hello")).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        client
+            .get(url(server.addr, "/hello"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
 
     // Garbage: keep B.
     std::fs::write(&cert, "garbage").unwrap();
@@ -184,7 +222,9 @@ async fn rotation_of_plain_files_reaches_new_connections() {
 async fn rotation_by_secret_volume_symlink_swap() {
     install_provider();
     let issued = issue(3);
-    let [(a_cert, a_key), (b_cert, b_key), (c_cert, c_key)] = &issued.pairs[..] else { unreachable!() };
+    let [(a_cert, a_key), (b_cert, b_key), (c_cert, c_key)] = &issued.pairs[..] else {
+        unreachable!()
+    };
     let dir = tempfile::tempdir().unwrap();
     let mut volume = SecretVolume::new(dir.path(), a_cert, a_key);
     let tls = reloading_server_config(&volume.cert(), &volume.key()).unwrap();
@@ -245,13 +285,24 @@ async fn in_flight_request_survives_shutdown(http: Http) {
     entered.notified().await;
     server.shutdown.cancel();
     wait_until_refused(server.addr).await;
-    assert!(!server.task.is_finished(), "server returned while a request was in flight");
+    assert!(
+        !server.task.is_finished(),
+        "server returned while a request was in flight"
+    );
 
     release.notify_one();
-    let response = tokio::time::timeout(PATIENCE, request).await.unwrap().unwrap().unwrap();
+    let response = tokio::time::timeout(PATIENCE, request)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.text().await.unwrap(), "done");
-    tokio::time::timeout(PATIENCE, server.task).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(PATIENCE, server.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]
@@ -271,14 +322,28 @@ async fn drain_deadline_bounds_shutdown() {
     let tls = server_config_from_pem(&certs.cert_pem, &certs.key_pem).unwrap();
     // Never released: only the drain deadline can end this request.
     let (entered, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let server = spawn_https(tls, slow_app(entered.clone(), release), Duration::from_millis(100));
+    let server = spawn_https(
+        tls,
+        slow_app(entered.clone(), release),
+        Duration::from_millis(100),
+    );
     let client = https_client(&certs.ca_cert_pem, server.addr, Http::One);
     let request = tokio::spawn(client.get(url(server.addr, "/slow")).send());
     entered.notified().await;
     server.shutdown.cancel();
-    tokio::time::timeout(PATIENCE, server.task).await.unwrap().unwrap().unwrap();
-    let outcome = tokio::time::timeout(PATIENCE, request).await.unwrap().unwrap();
-    assert!(outcome.is_err(), "the cut-off request cannot have succeeded: {outcome:?}");
+    tokio::time::timeout(PATIENCE, server.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let outcome = tokio::time::timeout(PATIENCE, request)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        outcome.is_err(),
+        "the cut-off request cannot have succeeded: {outcome:?}"
+    );
 }
 
 #[tokio::test]
@@ -294,7 +359,9 @@ async fn idle_keep_alive_connections_do_not_delay_shutdown() {
     for http in [Http::One, Http::Two] {
         let client = reqwest::Client::builder()
             .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(certs.ca_cert_pem.as_bytes()).unwrap())
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(certs.ca_cert_pem.as_bytes()).unwrap(),
+            )
             .resolve(support_tls::SERVER_NAME, server.addr);
         let client = match http {
             Http::One => client.http1_only(),
@@ -302,11 +369,23 @@ async fn idle_keep_alive_connections_do_not_delay_shutdown() {
         }
         .build()
         .unwrap();
-        assert_eq!(client.get(url(server.addr, "/hello")).send().await.unwrap().status(), StatusCode::OK);
+        assert_eq!(
+            client
+                .get(url(server.addr, "/hello"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::OK
+        );
         clients.push(client);
     }
     server.shutdown.cancel();
-    tokio::time::timeout(PATIENCE, server.task).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(PATIENCE, server.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -317,8 +396,18 @@ struct FixedStats;
 impl StatsSource for FixedStats {
     fn pools(&self) -> Vec<PoolStat> {
         vec![
-            PoolStat { pool: "cidr-default".into(), family: "IPv4", size: 254, used: 4 },
-            PoolStat { pool: "cidr-v6".into(), family: "IPv6", size: 1u128 << 64, used: 3 },
+            PoolStat {
+                pool: "cidr-default".into(),
+                family: "IPv4",
+                size: 254,
+                used: 4,
+            },
+            PoolStat {
+                pool: "cidr-v6".into(),
+                family: "IPv6",
+                size: 1u128 << 64,
+                used: 3,
+            },
         ]
     }
     fn reservations(&self) -> usize {
@@ -336,7 +425,10 @@ impl StatsSource for FixedStats {
 fn sample(text: &str, series: &str) -> f64 {
     let line = text
         .lines()
-        .find(|line| line.strip_prefix(series).is_some_and(|rest| rest.starts_with(' ')))
+        .find(|line| {
+            line.strip_prefix(series)
+                .is_some_and(|rest| rest.starts_with(' '))
+        })
         .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"));
     line[series.len()..].trim().parse().unwrap()
 }
@@ -369,7 +461,10 @@ async fn admin_endpoints() {
     assert_eq!(ready.status(), StatusCode::OK);
     assert_eq!(ready.text().await.unwrap(), "ready");
     readiness.set_ready(false);
-    assert_eq!(get("/readyz").await.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        get("/readyz").await.unwrap().status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
 
     metrics.observe_admission("CREATE", "allocated", Duration::from_micros(300));
     metrics.observe_admission("CREATE", "allocated", Duration::from_millis(3));
@@ -384,21 +479,78 @@ async fn admin_endpoints() {
     );
     let text = response.text().await.unwrap();
     let p = "kube_vip_webhook_";
-    assert_eq!(sample(&text, &format!("{p}admission_requests_total{{operation=\"CREATE\",outcome=\"allocated\"}}")), 2.0);
-    assert_eq!(sample(&text, &format!("{p}admission_requests_total{{operation=\"UPDATE\",outcome=\"skipped\"}}")), 1.0);
-    assert_eq!(sample(&text, &format!("{p}admission_duration_seconds_count{{operation=\"CREATE\"}}")), 2.0);
-    assert_eq!(sample(&text, &format!("{p}admission_duration_seconds_bucket{{le=\"0.0005\",operation=\"CREATE\"}}")), 1.0);
-    assert_eq!(sample(&text, &format!("{p}admission_duration_seconds_bucket{{le=\"0.005\",operation=\"CREATE\"}}")), 2.0);
-    assert_eq!(sample(&text, &format!("{p}admission_duration_seconds_bucket{{le=\"0.0001\",operation=\"UPDATE\"}}")), 1.0);
-    let sum = sample(&text, &format!("{p}admission_duration_seconds_sum{{operation=\"CREATE\"}}"));
+    assert_eq!(
+        sample(
+            &text,
+            &format!("{p}admission_requests_total{{operation=\"CREATE\",outcome=\"allocated\"}}")
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!("{p}admission_requests_total{{operation=\"UPDATE\",outcome=\"skipped\"}}")
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!("{p}admission_duration_seconds_count{{operation=\"CREATE\"}}")
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!("{p}admission_duration_seconds_bucket{{le=\"0.0005\",operation=\"CREATE\"}}")
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!("{p}admission_duration_seconds_bucket{{le=\"0.005\",operation=\"CREATE\"}}")
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!("{p}admission_duration_seconds_bucket{{le=\"0.0001\",operation=\"UPDATE\"}}")
+        ),
+        1.0
+    );
+    let sum = sample(
+        &text,
+        &format!("{p}admission_duration_seconds_sum{{operation=\"CREATE\"}}"),
+    );
     assert!((sum - 0.0033).abs() < 1e-9, "{sum}");
-    assert_eq!(sample(&text, &format!("{p}reconciles_total{{outcome=\"patched\"}}")), 1.0);
-    assert_eq!(sample(&text, &format!("{p}events_total{{reason=\"AddressAllocated\"}}")), 1.0);
+    assert_eq!(
+        sample(
+            &text,
+            &format!("{p}reconciles_total{{outcome=\"patched\"}}")
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!("{p}events_total{{reason=\"AddressAllocated\"}}")
+        ),
+        1.0
+    );
 
     let v6 = "{pool=\"cidr-v6\",family=\"IPv6\"}";
-    assert_eq!(sample(&text, &format!("{p}pool_addresses{v6}")), 18446744073709551616.0);
+    assert_eq!(
+        sample(&text, &format!("{p}pool_addresses{v6}")),
+        18446744073709551616.0
+    );
     assert_eq!(sample(&text, &format!("{p}pool_addresses_used{v6}")), 3.0);
-    assert_eq!(sample(&text, &format!("{p}pool_addresses_free{v6}")), ((1u128 << 64) - 3) as f64);
+    assert_eq!(
+        sample(&text, &format!("{p}pool_addresses_free{v6}")),
+        ((1u128 << 64) - 3) as f64
+    );
     let v4 = "{pool=\"cidr-default\",family=\"IPv4\"}";
     assert_eq!(sample(&text, &format!("{p}pool_addresses{v4}")), 254.0);
     assert_eq!(sample(&text, &format!("{p}pool_addresses_free{v4}")), 250.0);
@@ -408,7 +560,11 @@ async fn admin_endpoints() {
     assert!(text.trim_end().ends_with("# EOF"));
 
     shutdown.cancel();
-    tokio::time::timeout(PATIENCE, task).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(PATIENCE, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     // Stopped: the port is closed.
     wait_until_refused(addr).await;
 }
@@ -427,5 +583,7 @@ async fn sigterm_cancels_the_token() {
         .status()
         .unwrap();
     assert!(status.success());
-    tokio::time::timeout(PATIENCE, token.cancelled()).await.unwrap();
+    tokio::time::timeout(PATIENCE, token.cancelled())
+        .await
+        .unwrap();
 }

@@ -58,7 +58,10 @@ pub fn url(addr: SocketAddr, path: &str) -> String {
 
 /// DER of the first certificate in a PEM string.
 pub fn leaf_der(cert_pem: &str) -> CertificateDer<'static> {
-    CertificateDer::pem_slice_iter(cert_pem.as_bytes()).next().unwrap().unwrap()
+    CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap()
 }
 
 /// Handshake with the server (trusting `ca_pem`) and return the certificate it presented.
@@ -92,7 +95,10 @@ pub struct SecretVolume {
 
 impl SecretVolume {
     pub fn new(dir: &Path, cert_pem: &str, key_pem: &str) -> SecretVolume {
-        let mut volume = SecretVolume { dir: dir.to_path_buf(), version: 0 };
+        let mut volume = SecretVolume {
+            dir: dir.to_path_buf(),
+            version: 0,
+        };
         volume.update(cert_pem, key_pem);
         std::os::unix::fs::symlink("..data/tls.crt", dir.join("tls.crt")).unwrap();
         std::os::unix::fs::symlink("..data/tls.key", dir.join("tls.key")).unwrap();
