@@ -6,7 +6,9 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod bootstrap;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod files;

@@ -1,11 +1,28 @@
-//! `kube-vip-webhook serve`: flags and wiring.
+//! `kube-vip-webhook serve`: flags and wiring of the webhook, the admin port and (in cluster
+//! mode) the caches and the reconciler.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::Args;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
+use crate::admin::Readiness;
 use crate::cli::AllocationArgs;
+use crate::config::Config;
+use crate::files;
+use crate::ipam::Family;
+use crate::metrics::Metrics;
+use crate::service::SvcInfo;
+use crate::state::{Allocator, Confirm};
+use crate::webhook::{self, WebhookState};
+
+/// How long in-flight requests may take to finish after SIGTERM.
+const DRAIN: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -15,25 +32,200 @@ pub struct ServeArgs {
     /// Plain-HTTP admin address (/livez, /readyz, /metrics).
     #[arg(long, env = "KUBEVIP_WEBHOOK_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
     pub admin_listen: SocketAddr,
-    /// Serving certificate (PEM); reloaded when the file changes.
+    /// Serving certificate (PEM); new connections pick up a replaced file without a restart.
     #[arg(long, env = "KUBEVIP_WEBHOOK_TLS_CERT_FILE", requires = "tls_key_file")]
     pub tls_cert_file: Option<PathBuf>,
     /// Serving private key (PEM).
     #[arg(long, env = "KUBEVIP_WEBHOOK_TLS_KEY_FILE", requires = "tls_cert_file")]
     pub tls_key_file: Option<PathBuf>,
-    /// Run without a cluster: pools from --configmap, used addresses from --services.
+    /// Run without a cluster: pools from --configmap, used addresses from --services plus what
+    /// this process hands out. Without TLS files a self-signed certificate is generated.
     #[arg(long)]
     pub standalone: bool,
-    /// With --standalone: the kubevip ConfigMap file.
+    /// With --standalone: the kubevip ConfigMap file (YAML or JSON).
     #[arg(long, requires = "standalone")]
     pub configmap: Option<PathBuf>,
-    /// With --standalone: existing Services (their addresses count as used).
+    /// With --standalone: existing Services (their addresses count as used). Repeatable.
     #[arg(long, requires = "standalone")]
     pub services: Vec<PathBuf>,
+    /// With --standalone and no TLS files: where the generated certificate goes
+    /// (default: a new directory under the system temp dir).
+    #[arg(long, requires = "standalone")]
+    pub cert_dir: Option<PathBuf>,
     #[command(flatten)]
     pub allocation: AllocationArgs,
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterArgs,
 }
 
-pub async fn run(_args: ServeArgs) -> anyhow::Result<()> {
-    anyhow::bail!("serve is not built yet")
+/// A started server: where it listens, and how to stop it.
+pub struct Running {
+    pub webhook_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    /// Directory of the generated self-signed certificate (`ca.crt`, `tls.crt`, `tls.key`).
+    pub cert_dir: Option<PathBuf>,
+    pub allocator: Arc<Allocator>,
+    pub readiness: Readiness,
+    pub shutdown: CancellationToken,
+    tasks: JoinSet<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Wait until every task ends (after `shutdown` is cancelled, or on the first failure).
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let mut result = Ok(());
+        while let Some(done) = self.tasks.join_next().await {
+            let outcome = done.map_err(anyhow::Error::from).and_then(|r| r);
+            if let Err(e) = outcome {
+                tracing::error!(error = %format!("{e:#}"), "task failed; shutting down");
+                self.shutdown.cancel();
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+        }
+        result
+    }
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    crate::server::cancel_on_signal(shutdown.clone());
+    let running = if args.standalone {
+        start_standalone(&args, shutdown).await?
+    } else {
+        crate::cluster::start(&args, shutdown).await?
+    };
+    tracing::info!(webhook = %running.webhook_addr, admin = %running.admin_addr, "serving");
+    running.wait().await
+}
+
+/// `serve --standalone`: no cluster; the out-of-the-box demo.
+pub async fn start_standalone(args: &ServeArgs, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let configmap = args
+        .configmap
+        .as_deref()
+        .context("--standalone needs --configmap FILE (try manifest/examples/kubevip-configmap.yaml)")?;
+    let config = Config::from_data(&files::load_configmap_data(configmap)?);
+    for e in config.errors() {
+        tracing::warn!(configmap = %configmap.display(), "config error: {e}");
+    }
+    let options = args.allocation.options(Family::V4);
+    let allocator = Arc::new(Allocator::new(options, Confirm::OnAdmit, configmap.display().to_string()));
+    allocator.set_config(Some(config));
+    let mut existing = Vec::new();
+    for path in &args.services {
+        existing.extend(files::load_services(path)?.iter().map(SvcInfo::from_service));
+    }
+    allocator.reset_services(&existing);
+
+    let (tls, cert_dir) = match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert), Some(key)) => (crate::tls::reloading_server_config(cert, key)?, None),
+        _ => {
+            let dir = args
+                .cert_dir
+                .clone()
+                .unwrap_or_else(|| std::env::temp_dir().join(format!("kube-vip-webhook-{}", std::process::id())));
+            let tls = self_signed_into(&dir)?;
+            (tls, Some(dir))
+        }
+    };
+    let readiness = Readiness::default();
+    let metrics = Arc::new(Metrics::new(allocator.clone()));
+    let running = start_servers(args, allocator, metrics, tls, readiness.clone(), cert_dir, shutdown)?;
+    readiness.set_ready(true);
+    if let Some(dir) = &running.cert_dir {
+        print_demo_hint(dir, running.webhook_addr);
+    }
+    Ok(running)
+}
+
+/// Bind both ports and spawn the HTTPS webhook and the admin server. Shared by both modes.
+pub fn start_servers(
+    args: &ServeArgs,
+    allocator: Arc<Allocator>,
+    metrics: Arc<Metrics>,
+    tls: Arc<rustls::ServerConfig>,
+    readiness: Readiness,
+    cert_dir: Option<PathBuf>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    let webhook_listener = bind(args.listen)?;
+    let admin_listener = bind(args.admin_listen)?;
+    let webhook_addr = webhook_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let mut tasks = JoinSet::new();
+    let app = webhook::router(WebhookState {
+        allocator: allocator.clone(),
+        metrics: metrics.clone(),
+    });
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        crate::server::serve_https(webhook_listener, tls, app, token, DRAIN)
+            .await
+            .context("webhook server")
+    });
+    let admin = crate::admin::router(readiness.clone(), metrics);
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        crate::server::serve_http(admin_listener, admin, token, DRAIN)
+            .await
+            .context("admin server")
+    });
+    // Readiness goes false the moment shutdown starts, before the drain.
+    let (r, token) = (readiness.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        token.cancelled().await;
+        r.set_ready(false);
+        Ok(())
+    });
+    Ok(Running {
+        webhook_addr,
+        admin_addr,
+        cert_dir,
+        allocator,
+        readiness,
+        shutdown,
+        tasks,
+    })
+}
+
+impl Running {
+    /// Run another task under the same shutdown (cluster mode: watches, reconciler).
+    pub fn spawn(&mut self, task: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static) {
+        self.tasks.spawn(task);
+    }
+}
+
+fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Generate a CA and a serving certificate for localhost into `dir`.
+fn self_signed_into(dir: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let names = ["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let generated = crate::tls::generate_self_signed(&names, Duration::from_secs(365 * 24 * 3600))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (file, pem) in [
+        ("ca.crt", &generated.ca_cert_pem),
+        ("tls.crt", &generated.cert_pem),
+        ("tls.key", &generated.key_pem),
+    ] {
+        let path = dir.join(file);
+        std::fs::write(&path, pem).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(crate::tls::server_config_from_pem(&generated.cert_pem, &generated.key_pem)?)
+}
+
+fn print_demo_hint(dir: &Path, addr: SocketAddr) {
+    let port = addr.port();
+    println!("self-signed certificate written to {}", dir.display());
+    println!("try:");
+    println!(
+        "  curl -s --cacert {}/ca.crt -H 'Content-Type: application/json' \\\n    --data @manifest/examples/admission-review.json https://localhost:{port}/mutate",
+        dir.display()
+    );
 }

@@ -163,15 +163,40 @@ impl Allocator {
         decision
     }
 
-    /// A Service as the cache (or a Services file) shows it now.
-    pub fn apply_service(&self, svc: &SvcInfo) {
+    /// A Service as the cache (or a Services file) shows it now. True when an address it held
+    /// became free (type change, annotation removed): waiting Services may now get one.
+    pub fn apply_service(&self, svc: &SvcInfo) -> bool {
         let mut inner = self.lock();
+        let before = inner.index.addresses_of(&HolderId::Service(svc.key())).to_vec();
         inner.index.apply_service(svc);
         inner.confirm_reservations(svc);
+        before.iter().any(|ip| !inner.index.addrs().contains(*ip))
     }
 
-    pub fn delete_service(&self, key: &ServiceKey) {
-        self.lock().index.remove_service(key);
+    /// True when an address became free.
+    pub fn delete_service(&self, key: &ServiceKey) -> bool {
+        let mut inner = self.lock();
+        let before = inner.index.addresses_of(&HolderId::Service(key.clone())).to_vec();
+        inner.index.remove_service(key);
+        before.iter().any(|ip| !inner.index.addrs().contains(*ip))
+    }
+
+    /// Other Services sharing an address with `svc` on a clashing (port, protocol).
+    pub fn clashes_of(&self, svc: &SvcInfo) -> Vec<(IpAddr, String)> {
+        let inner = self.lock();
+        let me = HolderId::Service(svc.key());
+        let mut out = Vec::new();
+        for ip in inner.index.addresses_of(&me) {
+            for h in inner.index.holders(*ip) {
+                if matches!(h.id, HolderId::Service(_))
+                    && h.id != me
+                    && crate::service::port_clash(&svc.ports, &h.ports).is_some()
+                {
+                    out.push((*ip, h.label.to_string()));
+                }
+            }
+        }
+        out
     }
 
     /// Replace the whole Service view (watch relist). Reservations are kept: they stand for

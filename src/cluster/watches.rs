@@ -1,0 +1,168 @@
+//! The pool ConfigMap watch, cache-sync tracking, and what we keep of a Service.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::TryStreamExt;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, LoadBalancerIngress, LoadBalancerStatus, Service, ServicePort, ServiceSpec,
+    ServiceStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio_util::sync::CancellationToken;
+
+use super::ClusterArgs;
+use super::reconciler::Context;
+use crate::admin::Readiness;
+use crate::config::Config;
+use crate::service::{IMPLEMENTATION_LABEL, INTERFACE_ANNOTATION, LB_IPS_ANNOTATION, REQUESTED_IP_ANNOTATION};
+
+/// Readiness once both caches have synced (and never again after shutdown began).
+#[derive(Clone)]
+pub struct Synced {
+    services: Arc<AtomicBool>,
+    config: Arc<AtomicBool>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+}
+
+impl Synced {
+    pub fn new(readiness: Readiness, shutdown: CancellationToken) -> Self {
+        Synced {
+            services: Arc::default(),
+            config: Arc::default(),
+            readiness,
+            shutdown,
+        }
+    }
+
+    pub fn services_synced(&self) {
+        self.services.store(true, Ordering::SeqCst);
+        self.update();
+    }
+
+    pub fn config_synced(&self) {
+        self.config.store(true, Ordering::SeqCst);
+        self.update();
+    }
+
+    fn update(&self) {
+        let ready = self.services.load(Ordering::SeqCst) && self.config.load(Ordering::SeqCst);
+        if ready && !self.shutdown.is_cancelled() {
+            if !self.readiness.is_ready() {
+                tracing::info!("caches synced; ready");
+            }
+            self.readiness.set_ready(true);
+        }
+    }
+}
+
+/// Watch the one pool ConfigMap; re-parse only when it changes.
+pub async fn config_watch(
+    client: kube::Client,
+    args: ClusterArgs,
+    ctx: Arc<Context>,
+    synced: Synced,
+) -> anyhow::Result<()> {
+    let api: Api<ConfigMap> = Api::namespaced(client, &args.kubevip_namespace);
+    let wc = watcher::Config::default().fields(&format!("metadata.name={}", args.kubevip_config_map));
+    let stream = watcher(api, wc).default_backoff();
+    futures::pin_mut!(stream);
+    let mut listed: Option<ConfigMap> = None;
+    let shutdown = synced.shutdown.clone();
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            ev = stream.try_next() => ev,
+        };
+        match event {
+            Ok(Some(watcher::Event::Init)) => listed = None,
+            Ok(Some(watcher::Event::InitApply(cm))) => listed = Some(cm),
+            Ok(Some(watcher::Event::InitDone)) => {
+                ctx.config_changed(listed.take().as_ref(), &args).await;
+                synced.config_synced();
+            }
+            Ok(Some(watcher::Event::Apply(cm))) => ctx.config_changed(Some(&cm), &args).await,
+            Ok(Some(watcher::Event::Delete(_))) => ctx.config_changed(None, &args).await,
+            Ok(None) => return Ok(()),
+            // The backoff retries; a failing watch is logged, never fatal.
+            Err(e) => tracing::warn!(error = %e, "ConfigMap watch error"),
+        }
+    }
+}
+
+/// Parse a ConfigMap, or `None` when it does not exist.
+pub fn parse_config(cm: Option<&ConfigMap>) -> Option<Config> {
+    cm.map(|cm| Config::from_data(cm.data.as_ref().unwrap_or(&BTreeMap::new())))
+}
+
+/// Keep only what allocation and the reconciler read: at 100k Services the cache is most of
+/// our memory, and managedFields, selectors, cluster IPs and foreign annotations are most of a Service.
+pub fn strip_service(svc: &mut Service) {
+    let meta = std::mem::take(&mut svc.metadata);
+    let keep_annotation = |k: &String| {
+        k == LB_IPS_ANNOTATION || k == REQUESTED_IP_ANNOTATION || k == INTERFACE_ANNOTATION
+    };
+    svc.metadata = ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        uid: meta.uid,
+        resource_version: meta.resource_version,
+        generate_name: meta.generate_name,
+        // Presence of the maps is kept: the JSON patch must know whether to create them.
+        annotations: meta.annotations.map(|a| a.into_iter().filter(|(k, _)| keep_annotation(k)).collect()),
+        labels: meta
+            .labels
+            .map(|l| l.into_iter().filter(|(k, _)| k == IMPLEMENTATION_LABEL).collect()),
+        ..ObjectMeta::default()
+    };
+    svc.spec = svc.spec.take().map(|s| ServiceSpec {
+        type_: s.type_,
+        load_balancer_class: s.load_balancer_class,
+        load_balancer_ip: s.load_balancer_ip,
+        ip_families: s.ip_families,
+        ip_family_policy: s.ip_family_policy,
+        ports: s.ports.map(|ports| {
+            ports
+                .into_iter()
+                .map(|p| ServicePort {
+                    port: p.port,
+                    protocol: p.protocol,
+                    ..ServicePort::default()
+                })
+                .collect()
+        }),
+        ..ServiceSpec::default()
+    });
+    svc.status = svc.status.take().and_then(|st| {
+        let ingress: Vec<LoadBalancerIngress> = st
+            .load_balancer?
+            .ingress?
+            .into_iter()
+            .filter(|i| i.ip.is_some())
+            .map(|i| LoadBalancerIngress {
+                ip: i.ip,
+                ..LoadBalancerIngress::default()
+            })
+            .collect();
+        (!ingress.is_empty()).then(|| ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus {
+                ingress: Some(ingress),
+            }),
+            ..ServiceStatus::default()
+        })
+    });
+}
+
+/// A watch stream of Services, stripped, with the index fed from every event.
+pub fn service_stream(
+    client: kube::Client,
+) -> impl futures::Stream<Item = Result<watcher::Event<Service>, watcher::Error>> + Send {
+    let api: Api<Service> = Api::all(client);
+    watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(strip_service)
+}
