@@ -143,7 +143,7 @@ fn greedy_prefixes(s: u128, e: u128) -> Vec<(u128, u128)> {
     let mut c = s;
     while c <= e {
         let mut size: u128 = 1;
-        while c % (size * 2) == 0 && c + size * 2 - 1 <= e {
+        while c.is_multiple_of(size * 2) && c + size * 2 - 1 <= e {
             size *= 2;
         }
         out.push((c, c + size - 1));

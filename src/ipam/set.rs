@@ -167,7 +167,7 @@ fn normalize(mut v: Vec<(u128, u128)>) -> Vec<(u128, u128)> {
 /// Number of IPv4 `.0`/`.255` values in `[0, n]`.
 fn filtered_upto(n: u128) -> u128 {
     let count = n + 1; // n <= u32::MAX for IPv4, no overflow
-    2 * (count / 256) + u128::from(count % 256 > 0)
+    2 * (count / 256) + u128::from(!count.is_multiple_of(256))
 }
 
 /// Minimal CIDR decomposition of `[s, e]`: (first, last, prefix length) per prefix, ascending.
