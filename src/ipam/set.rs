@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::{Family, from_u128, is_filtered_value, to_u128};
+use super::{Family, from_u128, to_u128};
 
 /// A pool of addresses of one family: sorted, disjoint, non-adjacent, inclusive `u128` intervals
 /// (IPv4 in the low 32 bits). Size in memory depends on the number of intervals, never on the
@@ -167,7 +167,7 @@ fn normalize(mut v: Vec<(u128, u128)>) -> Vec<(u128, u128)> {
 /// Number of IPv4 `.0`/`.255` values in `[0, n]`.
 fn filtered_upto(n: u128) -> u128 {
     let count = n + 1; // n <= u32::MAX for IPv4, no overflow
-    2 * (count / 256) + u128::from(count % 256 > 0)
+    2 * (count / 256) + u128::from(!count.is_multiple_of(256))
 }
 
 /// Minimal CIDR decomposition of `[s, e]`: (first, last, prefix length) per prefix, ascending.
@@ -208,6 +208,7 @@ fn block_last(c: u128, k: u32) -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ipam::is_filtered_value;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
