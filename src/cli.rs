@@ -9,7 +9,11 @@ use crate::engine::{ClassMode, DEFAULT_CLASS, Options};
 use crate::ipam::Family;
 
 #[derive(Debug, Parser)]
-#[command(name = "kube-vip-webhook", version, about = "Admission-time LoadBalancer addresses for kube-vip")]
+#[command(
+    name = "kube-vip-webhook",
+    version,
+    about = "Admission-time LoadBalancer addresses for kube-vip"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -51,7 +55,10 @@ impl AllocationArgs {
             } else {
                 ClassMode::Classless
             },
-            default_family: self.default_ip_family.map(Family::from).unwrap_or(default_family),
+            default_family: self
+                .default_ip_family
+                .map(Family::from)
+                .unwrap_or(default_family),
             write_spec_load_balancer_ip: self.write_load_balancer_ip,
         }
     }

@@ -109,7 +109,9 @@ pub struct Changes {
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.annotations.is_empty() && self.labels.is_empty() && self.spec_load_balancer_ip.is_none()
+        self.annotations.is_empty()
+            && self.labels.is_empty()
+            && self.spec_load_balancer_ip.is_none()
     }
 }
 
@@ -148,7 +150,9 @@ pub fn decide(svc: &SvcInfo, old: Option<&SvcInfo>, view: &View<'_>) -> Decision
             "not a LoadBalancer Service".to_string()
         } else {
             match (&view.options.class_mode, &svc.class) {
-                (ClassMode::Classless, Some(c)) => format!("loadBalancerClass {c:?} is not handled"),
+                (ClassMode::Classless, Some(c)) => {
+                    format!("loadBalancerClass {c:?} is not handled")
+                }
                 (ClassMode::Class(want), got) => {
                     format!("loadBalancerClass {got:?} is not the handled class {want:?}")
                 }
@@ -237,10 +241,10 @@ fn requested(
             .insert(LB_IPS_ANNOTATION.to_string(), value.to_string());
     }
     if !svc.has_implementation_label {
-        decision
-            .changes
-            .labels
-            .insert(IMPLEMENTATION_LABEL.to_string(), IMPLEMENTATION_VALUE.to_string());
+        decision.changes.labels.insert(
+            IMPLEMENTATION_LABEL.to_string(),
+            IMPLEMENTATION_VALUE.to_string(),
+        );
     }
     decision
 }
@@ -259,7 +263,11 @@ fn allocate(svc: &SvcInfo, view: &View<'_>) -> Decision {
         .map(|e| format!("ConfigMap {}: {e} (entry ignored)", view.config_name))
         .collect();
 
-    let primary = svc.families.first().copied().unwrap_or(view.options.default_family);
+    let primary = svc
+        .families
+        .first()
+        .copied()
+        .unwrap_or(view.options.default_family);
     let secondary = other(primary);
     let (wanted, required): (&[Family], bool) = match svc.policy {
         None | Some(FamilyPolicy::SingleStack) => (&[primary], true),
@@ -286,17 +294,19 @@ fn allocate(svc: &SvcInfo, view: &View<'_>) -> Decision {
         } else {
             ""
         };
-        let mut decision = Decision::new(Outcome::NoAddress(format!(
-            "{what}{}",
-            missing.join("; ")
-        )));
+        let mut decision =
+            Decision::new(Outcome::NoAddress(format!("{what}{}", missing.join("; "))));
         decision.warnings = warnings;
         return decision;
     }
     // PreferDualStack with one family unavailable: admitted with what we have, and said so.
     warnings.extend(missing.into_iter().map(|m| format!("PreferDualStack: {m}")));
 
-    let value = ips.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(",");
+    let value = ips
+        .iter()
+        .map(IpAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     let mut decision = Decision::new(Outcome::Allocated {
         ips: ips.clone(),
         pool: pool.key.clone(),
@@ -304,16 +314,19 @@ fn allocate(svc: &SvcInfo, view: &View<'_>) -> Decision {
     });
     decision.warnings = warnings;
     let changes = &mut decision.changes;
-    changes.annotations.insert(LB_IPS_ANNOTATION.to_string(), value);
+    changes
+        .annotations
+        .insert(LB_IPS_ANNOTATION.to_string(), value);
     if let Some(iface) = view.config.interface(ns) {
         changes
             .annotations
             .insert(INTERFACE_ANNOTATION.to_string(), iface.to_string());
     }
     if !svc.has_implementation_label {
-        changes
-            .labels
-            .insert(IMPLEMENTATION_LABEL.to_string(), IMPLEMENTATION_VALUE.to_string());
+        changes.labels.insert(
+            IMPLEMENTATION_LABEL.to_string(),
+            IMPLEMENTATION_VALUE.to_string(),
+        );
     }
     if view.options.write_spec_load_balancer_ip {
         changes.spec_load_balancer_ip = ips.first().map(IpAddr::to_string);
@@ -369,9 +382,9 @@ fn shareable(svc: &SvcInfo, set: &AddressSet, view: &View<'_>) -> Option<IpAddr>
         .iter_in(set, view.config.search_order())
         .find(|ip| {
             let holders = view.index.holders(*ip);
-            holders.iter().all(|h| {
-                view.me.contains(&h.id) || port_clash(&svc.ports, &h.ports).is_none()
-            })
+            holders
+                .iter()
+                .all(|h| view.me.contains(&h.id) || port_clash(&svc.ports, &h.ports).is_none())
         })
 }
 

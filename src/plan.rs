@@ -54,16 +54,28 @@ pub struct Plan {
 pub fn run(input: &PlanInput) -> Result<Plan, FileError> {
     let config = Config::from_data(&files::load_configmap_data(&input.configmap)?);
     let config_errors = config.errors().iter().map(ToString::to_string).collect();
-    let allocator = Allocator::new(input.options.clone(), Confirm::OnAdmit, input.configmap.display().to_string());
+    let allocator = Allocator::new(
+        input.options.clone(),
+        Confirm::OnAdmit,
+        input.configmap.display().to_string(),
+    );
     allocator.set_config(Some(config));
 
     let mut existing = Vec::new();
     for path in &input.services {
-        existing.extend(files::load_services(path)?.iter().map(SvcInfo::from_service));
+        existing.extend(
+            files::load_services(path)?
+                .iter()
+                .map(SvcInfo::from_service),
+        );
     }
     let mut requests = Vec::new();
     for path in &input.requests {
-        requests.extend(files::load_services(path)?.iter().map(SvcInfo::from_service));
+        requests.extend(
+            files::load_services(path)?
+                .iter()
+                .map(SvcInfo::from_service),
+        );
     }
     allocator.reset_services(&existing);
     if input.requests.is_empty() {
@@ -135,12 +147,20 @@ pub fn render_table(plan: &Plan) -> String {
                 r.namespace.clone(),
                 r.name.clone(),
                 r.outcome.to_string(),
-                if r.ips.is_empty() { "-".into() } else { r.ips.join(",") },
+                if r.ips.is_empty() {
+                    "-".into()
+                } else {
+                    r.ips.join(",")
+                },
                 r.error.clone().unwrap_or_default(),
             ]
         })
         .collect();
-    table(&mut out, ["NAMESPACE", "NAME", "RESULT", "ADDRESSES", "REASON"], &rows);
+    table(
+        &mut out,
+        ["NAMESPACE", "NAME", "RESULT", "ADDRESSES", "REASON"],
+        &rows,
+    );
     for r in &plan.results {
         for w in &r.warnings {
             let _ = writeln!(out, "warning: {}/{}: {w}", r.namespace, r.name);

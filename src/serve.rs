@@ -30,7 +30,11 @@ pub struct ServeArgs {
     #[arg(long, env = "KUBEVIP_WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: SocketAddr,
     /// Plain-HTTP admin address (/livez, /readyz, /metrics).
-    #[arg(long, env = "KUBEVIP_WEBHOOK_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(
+        long,
+        env = "KUBEVIP_WEBHOOK_ADMIN_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
     pub admin_listen: SocketAddr,
     /// Serving certificate (PEM); new connections pick up a replaced file without a restart.
     #[arg(long, env = "KUBEVIP_WEBHOOK_TLS_CERT_FILE", requires = "tls_key_file")]
@@ -101,38 +105,55 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// `serve --standalone`: no cluster; the out-of-the-box demo.
-pub async fn start_standalone(args: &ServeArgs, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    let configmap = args
-        .configmap
-        .as_deref()
-        .context("--standalone needs --configmap FILE (try manifest/examples/kubevip-configmap.yaml)")?;
+pub async fn start_standalone(
+    args: &ServeArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    let configmap = args.configmap.as_deref().context(
+        "--standalone needs --configmap FILE (try manifest/examples/kubevip-configmap.yaml)",
+    )?;
     let config = Config::from_data(&files::load_configmap_data(configmap)?);
     for e in config.errors() {
         tracing::warn!(configmap = %configmap.display(), "config error: {e}");
     }
     let options = args.allocation.options(Family::V4);
-    let allocator = Arc::new(Allocator::new(options, Confirm::OnAdmit, configmap.display().to_string()));
+    let allocator = Arc::new(Allocator::new(
+        options,
+        Confirm::OnAdmit,
+        configmap.display().to_string(),
+    ));
     allocator.set_config(Some(config));
     let mut existing = Vec::new();
     for path in &args.services {
-        existing.extend(files::load_services(path)?.iter().map(SvcInfo::from_service));
+        existing.extend(
+            files::load_services(path)?
+                .iter()
+                .map(SvcInfo::from_service),
+        );
     }
     allocator.reset_services(&existing);
 
     let (tls, cert_dir) = match (&args.tls_cert_file, &args.tls_key_file) {
         (Some(cert), Some(key)) => (crate::tls::reloading_server_config(cert, key)?, None),
         _ => {
-            let dir = args
-                .cert_dir
-                .clone()
-                .unwrap_or_else(|| std::env::temp_dir().join(format!("kube-vip-webhook-{}", std::process::id())));
+            let dir = args.cert_dir.clone().unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("kube-vip-webhook-{}", std::process::id()))
+            });
             let tls = self_signed_into(&dir)?;
             (tls, Some(dir))
         }
     };
     let readiness = Readiness::default();
     let metrics = Arc::new(Metrics::new(allocator.clone()));
-    let running = start_servers(args, allocator, metrics, tls, readiness.clone(), cert_dir, shutdown)?;
+    let running = start_servers(
+        args,
+        allocator,
+        metrics,
+        tls,
+        readiness.clone(),
+        cert_dir,
+        shutdown,
+    )?;
     readiness.set_ready(true);
     if let Some(dir) = &running.cert_dir {
         print_demo_hint(dir, running.webhook_addr);
@@ -193,7 +214,10 @@ pub fn start_servers(
 
 impl Running {
     /// Run another task under the same shutdown (cluster mode: watches, reconciler).
-    pub fn spawn(&mut self, task: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static) {
+    pub fn spawn(
+        &mut self,
+        task: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) {
         self.tasks.spawn(task);
     }
 }
@@ -206,7 +230,11 @@ fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 
 /// Generate a CA and a serving certificate for localhost into `dir`.
 fn self_signed_into(dir: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let names = ["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let names = [
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
     let generated = crate::tls::generate_self_signed(&names, Duration::from_secs(365 * 24 * 3600))?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     for (file, pem) in [
@@ -217,7 +245,10 @@ fn self_signed_into(dir: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
         let path = dir.join(file);
         std::fs::write(&path, pem).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    Ok(crate::tls::server_config_from_pem(&generated.cert_pem, &generated.key_pem)?)
+    Ok(crate::tls::server_config_from_pem(
+        &generated.cert_pem,
+        &generated.key_pem,
+    )?)
 }
 
 fn print_demo_hint(dir: &Path, addr: SocketAddr) {

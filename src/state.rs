@@ -103,6 +103,13 @@ impl Allocator {
         let mut inner = self.lock();
         inner.expire(now);
         let id: Arc<str> = req.id.into();
+        if !req.dry_run && inner.reservations.remove(&id).is_some() {
+            // The same request decided again (apiserver retry, reconciler after a conflict):
+            // its earlier reservation is replaced, so it gets the same address back.
+            inner
+                .index
+                .remove_holder(&HolderId::Reservation(id.clone()));
+        }
         let key = req.svc.key();
         let me = [
             HolderId::Service(key.clone()),
@@ -125,7 +132,11 @@ impl Allocator {
         if ips.is_empty() || matches!(decision.outcome, Outcome::Skipped(_)) {
             return decision;
         }
-        let holder_ips: Vec<IpAddr> = ips.iter().copied().filter(|ip| !ip.is_unspecified()).collect();
+        let holder_ips: Vec<IpAddr> = ips
+            .iter()
+            .copied()
+            .filter(|ip| !ip.is_unspecified())
+            .collect();
         match self.confirm {
             Confirm::OnAdmit => {
                 let mut svc = req.svc.clone();
@@ -167,7 +178,10 @@ impl Allocator {
     /// became free (type change, annotation removed): waiting Services may now get one.
     pub fn apply_service(&self, svc: &SvcInfo) -> bool {
         let mut inner = self.lock();
-        let before = inner.index.addresses_of(&HolderId::Service(svc.key())).to_vec();
+        let before = inner
+            .index
+            .addresses_of(&HolderId::Service(svc.key()))
+            .to_vec();
         inner.index.apply_service(svc);
         inner.confirm_reservations(svc);
         before.iter().any(|ip| !inner.index.addrs().contains(*ip))
@@ -176,7 +190,10 @@ impl Allocator {
     /// True when an address became free.
     pub fn delete_service(&self, key: &ServiceKey) -> bool {
         let mut inner = self.lock();
-        let before = inner.index.addresses_of(&HolderId::Service(key.clone())).to_vec();
+        let before = inner
+            .index
+            .addresses_of(&HolderId::Service(key.clone()))
+            .to_vec();
         inner.index.remove_service(key);
         before.iter().any(|ip| !inner.index.addrs().contains(*ip))
     }

@@ -51,7 +51,12 @@ async fn mutate(State(state): State<WebhookState>, body: Bytes) -> Response {
         .metrics
         .observe_admission(operation, outcome, started.elapsed());
     match serde_json::to_vec(&review) {
-        Ok(json) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Ok(json) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            json,
+        )
+            .into_response(),
         Err(e) => {
             tracing::error!(error = %e, "cannot encode AdmissionReview");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
@@ -111,7 +116,11 @@ pub fn review(
         "admission decision"
     );
     let outcome = decision.outcome.label();
-    (respond(base, &decision, Present::of(object)).into_review(), operation, outcome)
+    (
+        respond(base, &decision, Present::of(object)).into_review(),
+        operation,
+        outcome,
+    )
 }
 
 fn is_service(req: &AdmissionRequest<Service>) -> bool {
@@ -135,7 +144,10 @@ fn respond(base: AdmissionResponse, decision: &Decision, present: Present) -> Ad
     let resp = match &decision.outcome {
         Outcome::Denied(why) => return base.deny(why),
         Outcome::NoAddress(why) => {
-            warnings.insert(0, warning(&format!("no load balancer address assigned: {why}")));
+            warnings.insert(
+                0,
+                warning(&format!("no load balancer address assigned: {why}")),
+            );
             base
         }
         Outcome::Skipped(_) | Outcome::Allocated { .. } | Outcome::Requested { .. } => base,
@@ -143,7 +155,10 @@ fn respond(base: AdmissionResponse, decision: &Decision, present: Present) -> Ad
     let resp = if decision.changes.is_empty() {
         resp
     } else {
-        match resp.clone().with_patch(patch_for(&decision.changes, present)) {
+        match resp
+            .clone()
+            .with_patch(patch_for(&decision.changes, present))
+        {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "cannot encode patch");
@@ -223,14 +238,16 @@ fn add(tokens: &[&str], value: Value) -> PatchOperation {
 /// The body did not decode as a Service review: find out what it is, answer accordingly.
 fn not_a_service_review(body: &[u8], err: serde_json::Error) -> AdmissionReview<DynamicObject> {
     let Ok(generic) = serde_json::from_slice::<AdmissionReview<DynamicObject>>(body) else {
-        return AdmissionResponse::invalid(format!("malformed AdmissionReview: {err}")).into_review();
+        return AdmissionResponse::invalid(format!("malformed AdmissionReview: {err}"))
+            .into_review();
     };
     let uid = generic.request.as_ref().map(|r| r.uid.clone());
     match generic.try_into() {
         Ok(req) => {
             let req: AdmissionRequest<DynamicObject> = req;
             if req.kind.group.is_empty() && req.kind.kind == "Service" {
-                let mut resp = AdmissionResponse::invalid(format!("malformed Service object: {err}"));
+                let mut resp =
+                    AdmissionResponse::invalid(format!("malformed Service object: {err}"));
                 resp.uid = req.uid.clone();
                 resp.into_review()
             } else {
@@ -245,4 +262,3 @@ fn not_a_service_review(body: &[u8], err: serde_json::Error) -> AdmissionReview<
         }
     }
 }
-

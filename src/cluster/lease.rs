@@ -114,7 +114,12 @@ pub async fn run(
     Ok(())
 }
 
-fn spec_for(cfg: &LeaseConfig, now: Timestamp, acquire: Option<MicroTime>, transitions: i32) -> LeaseSpec {
+fn spec_for(
+    cfg: &LeaseConfig,
+    now: Timestamp,
+    acquire: Option<MicroTime>,
+    transitions: i32,
+) -> LeaseSpec {
     LeaseSpec {
         holder_identity: Some(cfg.identity.clone()),
         lease_duration_seconds: Some(cfg.lease_duration.as_secs() as i32),
@@ -157,7 +162,11 @@ async fn try_acquire_or_renew(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<boo
         return Ok(false);
     }
     let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!ours);
-    let acquire = if ours { spec.acquire_time.clone() } else { None };
+    let acquire = if ours {
+        spec.acquire_time.clone()
+    } else {
+        None
+    };
     let mut next = current.clone();
     next.spec = Some(spec_for(cfg, now, acquire, transitions));
     // replace carries metadata.resourceVersion: a concurrent winner makes this a 409.
@@ -180,5 +189,7 @@ async fn release(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<(), kube::Error>
     }
     spec.holder_identity = None;
     spec.lease_duration_seconds = Some(1);
-    api.replace(&cfg.name, &PostParams::default(), &lease).await.map(|_| ())
+    api.replace(&cfg.name, &PostParams::default(), &lease)
+        .await
+        .map(|_| ())
 }

@@ -39,14 +39,22 @@ pub struct ClusterArgs {
     #[arg(long, env = "KUBEVIP_CONFIG_MAP", default_value = "kubevip")]
     pub kubevip_config_map: String,
     /// How long an admitted address is held for a Service that has not shown up yet.
-    #[arg(long, env = "KUBEVIP_WEBHOOK_RESERVATION_TTL_SECONDS", default_value_t = 30)]
+    #[arg(
+        long,
+        env = "KUBEVIP_WEBHOOK_RESERVATION_TTL_SECONDS",
+        default_value_t = 30
+    )]
     pub reservation_ttl_seconds: u64,
     /// Run the reconciler only while holding the Lease (for more than one replica).
     #[arg(long, env = "KUBEVIP_WEBHOOK_LEADER_ELECT", value_parser = BoolishValueParser::new(),
           default_value_t = true, num_args = 0..=1, default_missing_value = "true")]
     pub leader_elect: bool,
     /// Name of the Lease (in the pod's namespace).
-    #[arg(long, env = "KUBEVIP_WEBHOOK_LEASE_NAME", default_value = "kube-vip-webhook")]
+    #[arg(
+        long,
+        env = "KUBEVIP_WEBHOOK_LEASE_NAME",
+        default_value = "kube-vip-webhook"
+    )]
     pub lease_name: String,
     /// Namespace this pod runs in (Lease, certificate Secret).
     #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
@@ -86,7 +94,8 @@ pub async fn start(args: &ServeArgs, shutdown: CancellationToken) -> anyhow::Res
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
-            let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+            let config =
+                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
             kube::Client::try_from(config)?
         }
         None => kube::Client::try_default()
@@ -109,16 +118,30 @@ pub async fn start_with_client(
     };
     let options = args.allocation.options(primary);
     let ttl = Duration::from_secs(cluster.reservation_ttl_seconds.max(1));
-    let allocator = Arc::new(Allocator::new(options, Confirm::ByCache { ttl }, cluster.config_name()));
+    let allocator = Arc::new(Allocator::new(
+        options,
+        Confirm::ByCache { ttl },
+        cluster.config_name(),
+    ));
 
     let tls = match (&args.tls_cert_file, &args.tls_key_file, cluster.self_signed) {
         (Some(cert), Some(key), _) => crate::tls::reloading_server_config(cert, key)?,
         (_, _, true) => crate::bootstrap::ensure(&client, cluster, shutdown.clone()).await?,
-        _ => anyhow::bail!("cluster mode needs --tls-cert-file and --tls-key-file, or --self-signed"),
+        _ => {
+            anyhow::bail!("cluster mode needs --tls-cert-file and --tls-key-file, or --self-signed")
+        }
     };
     let readiness = Readiness::default();
     let metrics = Arc::new(Metrics::new(allocator.clone()));
-    let mut running = start_servers(args, allocator.clone(), metrics.clone(), tls, readiness.clone(), None, shutdown.clone())?;
+    let mut running = start_servers(
+        args,
+        allocator.clone(),
+        metrics.clone(),
+        tls,
+        readiness.clone(),
+        None,
+        shutdown.clone(),
+    )?;
 
     let leader = LeaderState::new(!cluster.leader_elect);
     if cluster.leader_elect {
@@ -128,7 +151,12 @@ pub async fn start_with_client(
             identity: cluster.identity(),
             ..lease::LeaseConfig::default()
         };
-        running.spawn(lease::run(client.clone(), lease, leader.clone(), shutdown.clone()));
+        running.spawn(lease::run(
+            client.clone(),
+            lease,
+            leader.clone(),
+            shutdown.clone(),
+        ));
     }
     let ctx = Arc::new(reconciler::Context::new(
         client.clone(),
@@ -138,7 +166,12 @@ pub async fn start_with_client(
         cluster.identity(),
     ));
     let synced = watches::Synced::new(readiness, shutdown.clone());
-    running.spawn(watches::config_watch(client.clone(), cluster.clone(), ctx.clone(), synced.clone()));
+    running.spawn(watches::config_watch(
+        client.clone(),
+        cluster.clone(),
+        ctx.clone(),
+        synced.clone(),
+    ));
     running.spawn(reconciler::run(client, ctx, synced, shutdown.clone()));
     let (alloc, token) = (allocator, shutdown);
     running.spawn(async move {

@@ -103,7 +103,12 @@ impl Context {
         }
     }
 
-    async fn event(&self, obj: &ObjectRef<Service>, reference: k8s_openapi::api::core::v1::ObjectReference, ev: Event) {
+    async fn event(
+        &self,
+        obj: &ObjectRef<Service>,
+        reference: k8s_openapi::api::core::v1::ObjectReference,
+        ev: Event,
+    ) {
         if !self.leader.is_leader() {
             return; // one replica speaks, or every Event would be doubled
         }
@@ -121,7 +126,9 @@ impl Context {
             .as_ref()
             .map(|c| c.errors().iter().map(ToString::to_string).collect());
         match &errors {
-            None => tracing::warn!(configmap = %name, "pool ConfigMap not found; no addresses will be allocated (it is never created by us)"),
+            None => {
+                tracing::warn!(configmap = %name, "pool ConfigMap not found; no addresses will be allocated (it is never created by us)")
+            }
             Some(errs) => {
                 for e in errs {
                     tracing::warn!(configmap = %name, "config error: {e}");
@@ -195,12 +202,18 @@ impl Context {
         }
         for (ip, other) in self.allocator.clashes_of(svc) {
             let me = svc.key().to_string();
-            let pair = if me < other { (me.clone(), other.clone(), ip) } else { (other.clone(), me.clone(), ip) };
+            let pair = if me < other {
+                (me.clone(), other.clone(), ip)
+            } else {
+                (other.clone(), me.clone(), ip)
+            };
             if !lock(&self.reported_clashes).insert(pair) {
                 continue;
             }
             for (subject, against) in [(me.clone(), other.clone()), (other.clone(), me.clone())] {
-                let Some((ns, name)) = subject.split_once('/') else { continue };
+                let Some((ns, name)) = subject.split_once('/') else {
+                    continue;
+                };
                 let obj: ObjectRef<Service> = ObjectRef::new(name).within(ns);
                 let reference = k8s_openapi::api::core::v1::ObjectReference {
                     api_version: Some("v1".into()),
@@ -212,7 +225,9 @@ impl Context {
                 let ev = Event {
                     type_: EventType::Warning,
                     reason: "AddressConflict".into(),
-                    note: Some(format!("address {ip} is also used by Service {against} with a clashing port/protocol; neither is moved")),
+                    note: Some(format!(
+                        "address {ip} is also used by Service {against} with a clashing port/protocol; neither is moved"
+                    )),
                     action: "CheckAddress".into(),
                     secondary: None,
                 };
@@ -267,7 +282,9 @@ pub async fn run(
         .applied_objects()
         // Only Services that still need an address reach the controller.
         .try_filter(move |svc| {
-            let needs = allocator.options().needs_allocation(&SvcInfo::from_service(svc));
+            let needs = allocator
+                .options()
+                .needs_allocation(&SvcInfo::from_service(svc));
             std::future::ready(needs)
         });
     let wake_rx = lock(&ctx.wake_rx).take();
@@ -326,7 +343,10 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Recon
                 field_manager: params.field_manager,
                 ..PatchParams::default()
             };
-            match api.patch(&info.name, &params, &Patch::Json::<()>(JsonPatch(ops))).await {
+            match api
+                .patch(&info.name, &params, &Patch::Json::<()>(JsonPatch(ops)))
+                .await
+            {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 409 || s.code == 422 => {
                     ctx.metrics.inc_reconcile("conflict");
@@ -340,7 +360,11 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Recon
             lock(&ctx.waiting).remove(&obj);
             lock(&ctx.last_failure).remove(&obj);
             ctx.metrics.inc_reconcile("allocated");
-            let list = ips.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(",");
+            let list = ips
+                .iter()
+                .map(IpAddr::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
             tracing::info!(service = %obj, ips = %list, pool = %pool, "allocated by the reconciler");
             let ev = Event {
                 type_: EventType::Normal,
@@ -355,7 +379,10 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Recon
         Outcome::NoAddress(why) => {
             lock(&ctx.waiting).insert(obj.clone());
             ctx.metrics.inc_reconcile("no_address");
-            let repeated = lock(&ctx.last_failure).insert(obj.clone(), why.clone()).as_deref() == Some(why.as_str());
+            let repeated = lock(&ctx.last_failure)
+                .insert(obj.clone(), why.clone())
+                .as_deref()
+                == Some(why.as_str());
             if !repeated {
                 tracing::info!(service = %obj, reason = %why, "no address; waiting for one to free up");
                 let mut note = why.clone();
@@ -385,4 +412,3 @@ fn error_policy(_svc: Arc<Service>, err: &ReconcileError, _ctx: Arc<Context>) ->
         }
     }
 }
-

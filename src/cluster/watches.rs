@@ -18,7 +18,9 @@ use super::ClusterArgs;
 use super::reconciler::Context;
 use crate::admin::Readiness;
 use crate::config::Config;
-use crate::service::{IMPLEMENTATION_LABEL, INTERFACE_ANNOTATION, LB_IPS_ANNOTATION, REQUESTED_IP_ANNOTATION};
+use crate::service::{
+    IMPLEMENTATION_LABEL, INTERFACE_ANNOTATION, LB_IPS_ANNOTATION, REQUESTED_IP_ANNOTATION,
+};
 
 /// Readiness once both caches have synced (and never again after shutdown began).
 #[derive(Clone)]
@@ -68,7 +70,8 @@ pub async fn config_watch(
     synced: Synced,
 ) -> anyhow::Result<()> {
     let api: Api<ConfigMap> = Api::namespaced(client, &args.kubevip_namespace);
-    let wc = watcher::Config::default().fields(&format!("metadata.name={}", args.kubevip_config_map));
+    let wc =
+        watcher::Config::default().fields(&format!("metadata.name={}", args.kubevip_config_map));
     let stream = watcher(api, wc).default_backoff();
     futures::pin_mut!(stream);
     let mut listed: Option<ConfigMap> = None;
@@ -113,10 +116,14 @@ pub fn strip_service(svc: &mut Service) {
         resource_version: meta.resource_version,
         generate_name: meta.generate_name,
         // Presence of the maps is kept: the JSON patch must know whether to create them.
-        annotations: meta.annotations.map(|a| a.into_iter().filter(|(k, _)| keep_annotation(k)).collect()),
-        labels: meta
-            .labels
-            .map(|l| l.into_iter().filter(|(k, _)| k == IMPLEMENTATION_LABEL).collect()),
+        annotations: meta
+            .annotations
+            .map(|a| a.into_iter().filter(|(k, _)| keep_annotation(k)).collect()),
+        labels: meta.labels.map(|l| {
+            l.into_iter()
+                .filter(|(k, _)| k == IMPLEMENTATION_LABEL)
+                .collect()
+        }),
         ..ObjectMeta::default()
     };
     svc.spec = svc.spec.take().map(|s| ServiceSpec {

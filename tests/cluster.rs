@@ -1,0 +1,467 @@
+//! Cluster mode against the in-process fake apiserver, through a real `kube::Client`:
+//! caches, readiness, the reconciler, wake-ups, faults, Events, leader election.
+
+mod support;
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::Method;
+use clap::Parser;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::events::v1::Event;
+use kube_vip_webhook::cli::{Cli, Command};
+use kube_vip_webhook::serve::{Running, ServeArgs};
+use kube_vip_webhook::service::SvcInfo;
+use kube_vip_webhook::state::Request;
+use serde_json::json;
+use support::fake_apiserver::{FakeApiServer, Matcher};
+use tokio_util::sync::CancellationToken;
+
+const ANNOTATION: &str = "kube-vip.io/loadbalancerIPs";
+
+fn provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+struct Cluster {
+    fake: FakeApiServer,
+    running: Running,
+    _dir: tempfile::TempDir,
+}
+
+fn serve_args(dir: &std::path::Path, extra: &[&str]) -> ServeArgs {
+    let tls = kube_vip_webhook::tls::generate_self_signed(
+        &["localhost".into()],
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    std::fs::write(dir.join("tls.crt"), &tls.cert_pem).unwrap();
+    std::fs::write(dir.join("tls.key"), &tls.key_pem).unwrap();
+    let cert = dir.join("tls.crt").display().to_string();
+    let key = dir.join("tls.key").display().to_string();
+    let mut argv = vec![
+        "kube-vip-webhook",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--default-ip-family",
+        "IPv4",
+        "--reservation-ttl-seconds",
+        "5",
+    ];
+    if !extra.iter().any(|a| a.starts_with("--leader-elect")) {
+        argv.push("--leader-elect=false");
+    }
+    argv.extend_from_slice(extra);
+    match Cli::try_parse_from(argv).unwrap().command {
+        Command::Serve(a) => *a,
+        _ => unreachable!(),
+    }
+}
+
+fn configmap(data: &[(&str, &str)]) -> ConfigMap {
+    serde_json::from_value(json!({
+        "metadata": {"name": "kubevip", "namespace": "kube-system"},
+        "data": data.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>()
+    }))
+    .unwrap()
+}
+
+fn lb(ns: &str, name: &str, port: i32, annotation: Option<&str>) -> Service {
+    let mut v = json!({
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"type": "LoadBalancer", "ports": [{"port": port, "protocol": "TCP"}]}
+    });
+    if let Some(a) = annotation {
+        v["metadata"]["annotations"] = json!({ANNOTATION: a});
+    }
+    serde_json::from_value(v).unwrap()
+}
+
+async fn start(fake: FakeApiServer, extra: &[&str]) -> Cluster {
+    provider();
+    let dir = tempfile::tempdir().unwrap();
+    let args = serve_args(dir.path(), extra);
+    let running = kube_vip_webhook::cluster::start_with_client(
+        &args,
+        fake.client(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    Cluster {
+        fake,
+        running,
+        _dir: dir,
+    }
+}
+
+/// Poll until `f` gives Some, failing the test after a generous deadline (not a timing claim).
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn annotation_of(fake: &FakeApiServer, ns: &str, name: &str) -> Option<String> {
+    fake.get::<Service>(Some(ns), name)?
+        .metadata
+        .annotations?
+        .get(ANNOTATION)
+        .cloned()
+}
+
+async fn ready(c: &Cluster) {
+    eventually("readiness", || async {
+        c.running.readiness.is_ready().then_some(())
+    })
+    .await;
+}
+
+fn events(fake: &FakeApiServer, ns: &str, reason: &str) -> Vec<Event> {
+    fake.list::<Event>(Some(ns))
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caches_sync_then_ready_and_reconciler_annotates_bypassed_service() {
+    let fake = FakeApiServer::new();
+    fake.insert(&configmap(&[("cidr-global", "10.0.0.0/29")]))
+        .unwrap();
+    fake.insert(&lb("web", "existing", 80, Some("10.0.0.1")))
+        .unwrap();
+    // The first Service LISTs fail: not ready until the cache really synced.
+    fake.fail_next(3, Matcher::any().verb("list").resource("services"), 500);
+    let c = start(fake, &[]).await;
+    assert!(!c.running.readiness.is_ready());
+    ready(&c).await;
+    assert_eq!(c.fake.pending_faults(), 0, "the failed LISTs were retried");
+    // Admin port says the same.
+    let body = reqwest::get(format!("http://{}/readyz", c.running.admin_addr))
+        .await
+        .unwrap();
+    assert_eq!(body.status(), 200);
+
+    // Created while the webhook was bypassed: the reconciler annotates it.
+    c.fake.insert(&lb("web", "bypassed", 80, None)).unwrap();
+    let ip = eventually("reconciler annotation", || async {
+        annotation_of(&c.fake, "web", "bypassed")
+    })
+    .await;
+    assert_eq!(ip, "10.0.0.2", "10.0.0.1 is held by the existing Service");
+    let svc = c.fake.get::<Service>(Some("web"), "bypassed").unwrap();
+    assert_eq!(svc.metadata.labels.unwrap()["implementation"], "kube-vip");
+    let ev = eventually("IPAllocated event", || async {
+        events(&c.fake, "web", "IPAllocated").pop()
+    })
+    .await;
+    assert!(ev.note.unwrap().contains("10.0.0.2 from pool cidr-global"));
+    // The patch was guarded by resourceVersion (a JSON patch with a test op).
+    assert!(
+        c.fake
+            .count_requests(&Matcher::any().verb("patch").resource("services"))
+            >= 1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_service_is_woken_by_delete_and_by_pool_growth() {
+    let fake = FakeApiServer::new();
+    fake.insert(&configmap(&[("range-global", "10.0.0.1-10.0.0.1")]))
+        .unwrap();
+    fake.insert(&lb("a", "holder", 80, Some("10.0.0.1")))
+        .unwrap();
+    let c = start(fake, &[]).await;
+    ready(&c).await;
+    c.fake.insert(&lb("a", "waiting", 80, None)).unwrap();
+    let ev = eventually("AllocationFailed", || async {
+        events(&c.fake, "a", "AllocationFailed").pop()
+    })
+    .await;
+    assert!(ev.note.unwrap().contains("exhausted"));
+    assert_eq!(annotation_of(&c.fake, "a", "waiting"), None);
+
+    // Deleting the holder frees 10.0.0.1: the waiting Service is woken and gets it.
+    c.fake.delete::<Service>(Some("a"), "holder").unwrap();
+    let ip = eventually("woken by delete", || async {
+        annotation_of(&c.fake, "a", "waiting")
+    })
+    .await;
+    assert_eq!(ip, "10.0.0.1");
+
+    // Another waiter; the pool grows.
+    c.fake.insert(&lb("a", "second", 80, None)).unwrap();
+    eventually("second waits", || async {
+        events(&c.fake, "a", "AllocationFailed")
+            .into_iter()
+            .find(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("second"))
+    })
+    .await;
+    c.fake
+        .upsert(&configmap(&[("range-global", "10.0.0.1-10.0.0.2")]))
+        .unwrap();
+    let ip = eventually("woken by config", || async {
+        annotation_of(&c.fake, "a", "second")
+    })
+    .await;
+    assert_eq!(ip, "10.0.0.2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn type_change_frees_the_address_for_a_waiter() {
+    let fake = FakeApiServer::new();
+    fake.insert(&configmap(&[("range-global", "10.0.0.1-10.0.0.1")]))
+        .unwrap();
+    fake.insert(&lb("a", "holder", 80, Some("10.0.0.1")))
+        .unwrap();
+    let c = start(fake, &[]).await;
+    ready(&c).await;
+    c.fake.insert(&lb("a", "waiting", 80, None)).unwrap();
+    eventually("waits", || async {
+        events(&c.fake, "a", "AllocationFailed").pop()
+    })
+    .await;
+    let mut holder = c.fake.get::<Service>(Some("a"), "holder").unwrap();
+    holder.spec.as_mut().unwrap().type_ = Some("ClusterIP".into());
+    c.fake.upsert(&holder).unwrap();
+    let ip = eventually("woken by type change", || async {
+        annotation_of(&c.fake, "a", "waiting")
+    })
+    .await;
+    assert_eq!(ip, "10.0.0.1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_admissions_and_reconciler_never_duplicate() {
+    let fake = FakeApiServer::new();
+    fake.insert(&configmap(&[("cidr-global", "10.1.0.0/24")]))
+        .unwrap();
+    let c = Arc::new(start(fake, &[]).await);
+    ready(&c).await;
+    // 60 admissions (each then "created" in the apiserver with the admitted address, as the
+    // apiserver would after our patch) race with 60 Services the webhook never saw.
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let c1 = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = c1;
+            let svc = lb("race", &format!("admitted-{i}"), 80, None);
+            let info = SvcInfo::from_service(&svc);
+            let d = c.running.allocator.admit(
+                Request {
+                    id: &format!("uid-{i}"),
+                    svc: &info,
+                    old: None,
+                    dry_run: false,
+                },
+                Instant::now(),
+            );
+            let ip = d.outcome.ips()[0].to_string();
+            c.fake
+                .insert(&lb("race", &format!("admitted-{i}"), 80, Some(&ip)))
+                .unwrap();
+        }));
+        let c2 = c.clone();
+        tasks.push(tokio::spawn(async move {
+            c2.fake
+                .insert(&lb("race", &format!("bypassed-{i}"), 80, None))
+                .unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let all = eventually("all 120 annotated", || async {
+        let ips: Vec<String> = c
+            .fake
+            .list::<Service>(Some("race"))
+            .iter()
+            .filter_map(|s| s.metadata.annotations.as_ref()?.get(ANNOTATION).cloned())
+            .collect();
+        (ips.len() == 120).then_some(ips)
+    })
+    .await;
+    let distinct: HashSet<_> = all.iter().collect();
+    assert_eq!(distinct.len(), 120, "duplicates: {all:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_watch_resumes_and_conflicts_are_retried() {
+    let fake = FakeApiServer::new();
+    fake.insert(&configmap(&[("cidr-global", "10.2.0.0/29")]))
+        .unwrap();
+    let c = start(fake, &[]).await;
+    ready(&c).await;
+    let watches_before = c.fake.watch_count();
+    c.fake.hold_watches();
+    c.fake.drop_watches();
+    // Made while no watch is open: must not be lost.
+    c.fake.insert(&lb("w", "while-down", 80, None)).unwrap();
+    c.fake.release_watches();
+    let ip = eventually("annotated after resume", || async {
+        annotation_of(&c.fake, "w", "while-down")
+    })
+    .await;
+    assert_eq!(ip, "10.2.0.1");
+    assert!(
+        c.fake.watch_count() > watches_before,
+        "the watch was re-established"
+    );
+
+    // The next Service PATCH answers 409: retried, then succeeds.
+    c.fake
+        .fail_next(1, Matcher::any().verb("patch").resource("services"), 409);
+    c.fake.insert(&lb("w", "conflicted", 80, None)).unwrap();
+    let ip = eventually("annotated after 409", || async {
+        annotation_of(&c.fake, "w", "conflicted")
+    })
+    .await;
+    assert_eq!(ip, "10.2.0.2");
+    assert_eq!(c.fake.pending_faults(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configmap_entries_raise_an_event_and_missing_configmap_is_not_created() {
+    let fake = FakeApiServer::new();
+    let c = start(fake, &[]).await;
+    ready(&c).await;
+    // Missing ConfigMap: reported, never created, Services get AllocationFailed.
+    c.fake.insert(&lb("n", "s", 80, None)).unwrap();
+    let ev = eventually("AllocationFailed without ConfigMap", || async {
+        events(&c.fake, "n", "AllocationFailed").pop()
+    })
+    .await;
+    assert!(ev.note.unwrap().contains("no address pool"));
+    assert!(
+        c.fake
+            .get::<ConfigMap>(Some("kube-system"), "kubevip")
+            .is_none()
+    );
+    assert_eq!(
+        c.fake
+            .count_requests(&Matcher::new(Method::POST, "/configmaps")),
+        0
+    );
+
+    // Bad entries: a Warning Event on the ConfigMap naming them; the good entry works.
+    c.fake
+        .insert(&configmap(&[
+            ("cidr-global", "10.3.0.0/30, 10.3.0.999/24"),
+            ("cdir-typo", "x"),
+        ]))
+        .unwrap();
+    let ev = eventually("InvalidConfiguration", || async {
+        events(&c.fake, "kube-system", "InvalidConfiguration").pop()
+    })
+    .await;
+    let note = ev.note.unwrap();
+    assert!(
+        note.contains("10.3.0.999/24") && note.contains("cdir-typo"),
+        "{note}"
+    );
+    assert_eq!(ev.regarding.unwrap().name.as_deref(), Some("kubevip"));
+    let ip = eventually("allocated after config appeared", || async {
+        annotation_of(&c.fake, "n", "s")
+    })
+    .await;
+    assert_eq!(ip, "10.3.0.1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_clash_gets_warning_events_and_is_not_moved() {
+    let fake = FakeApiServer::new();
+    fake.insert(&configmap(&[("cidr-global", "10.4.0.0/29")]))
+        .unwrap();
+    let c = start(fake, &[]).await;
+    ready(&c).await;
+    c.fake
+        .insert(&lb("p", "one", 443, Some("10.4.0.5")))
+        .unwrap();
+    c.fake
+        .insert(&lb("q", "two", 443, Some("10.4.0.5")))
+        .unwrap();
+    eventually("conflict events on both", || async {
+        let a = events(&c.fake, "p", "AddressConflict");
+        let b = events(&c.fake, "q", "AddressConflict");
+        (!a.is_empty() && !b.is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        annotation_of(&c.fake, "p", "one").as_deref(),
+        Some("10.4.0.5")
+    );
+    assert_eq!(
+        annotation_of(&c.fake, "q", "two").as_deref(),
+        Some("10.4.0.5")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_lease_holder_reconciles_and_a_standby_takes_over() {
+    let fake = FakeApiServer::new();
+    fake.insert(&configmap(&[("cidr-global", "10.5.0.0/29")]))
+        .unwrap();
+    let a = start(
+        fake.clone(),
+        &["--leader-elect=true", "--pod-name", "replica-a"],
+    )
+    .await;
+    eventually("a leads", || async {
+        let l = fake.get::<Lease>(Some("kube-system"), "kube-vip-webhook")?;
+        (l.spec?.holder_identity? == "replica-a").then_some(())
+    })
+    .await;
+    let b = start(
+        fake.clone(),
+        &["--leader-elect=true", "--pod-name", "replica-b"],
+    )
+    .await;
+    ready(&a).await;
+    ready(&b).await; // both serve admissions
+    fake.insert(&lb("l", "first", 80, None)).unwrap();
+    eventually("annotated by the leader", || async {
+        annotation_of(&fake, "l", "first")
+    })
+    .await;
+    let reporters: HashSet<String> = events(&fake, "l", "IPAllocated")
+        .into_iter()
+        .filter_map(|e| e.reporting_instance)
+        .collect();
+    assert_eq!(reporters, HashSet::from(["replica-a".to_string()]));
+
+    // The leader shuts down and releases the lease: b takes over and reconciles.
+    a.running.shutdown.cancel();
+    a.running.wait().await.unwrap();
+    eventually("b leads", || async {
+        let l = fake.get::<Lease>(Some("kube-system"), "kube-vip-webhook")?;
+        (l.spec?.holder_identity? == "replica-b").then_some(())
+    })
+    .await;
+    fake.insert(&lb("l", "second", 80, None)).unwrap();
+    eventually("annotated by the new leader", || async {
+        annotation_of(&fake, "l", "second")
+    })
+    .await;
+    drop(b);
+}
