@@ -51,31 +51,16 @@ pub async fn converge(
                 Err(e) => return Err(err("creating")(e)),
             }
         };
-        let current = Material::from_data(secret.data.as_ref());
-        let plan = match &current {
-            Ok(m) => m.assess(&cfg.dns_names, now),
-            Err(reason) => Plan::NewCa(reason.clone()),
-        };
-        let (next, reason) = match plan {
-            Plan::Reuse => {
-                if let Ok(material) = current {
-                    return Ok(material);
+        let (next, reason, ca_rotated) = match Material::from_data(secret.data.as_ref()) {
+            Err(reason) => (new_ca(cfg, None, now)?, reason, true),
+            Ok(current) => match replacement(cfg, &current, now)? {
+                None => return Ok(current),
+                Some((next, reason)) => {
+                    let rotated = next.ca_cert_pem != current.ca_cert_pem;
+                    (next, reason, rotated)
                 }
-                continue;
-            }
-            Plan::RenewLeaf(reason) => match current
-                .as_ref()
-                .map(|m| m.renew_leaf(&cfg.dns_names, cfg.validity, now))
-            {
-                Ok(Ok(next)) => (next, reason),
-                // The CA can still fail here (e.g. it expired a moment ago): start over with a new one.
-                _ => (new_ca(cfg, current.as_ref().ok(), now)?, reason),
             },
-            Plan::NewCa(reason) => (new_ca(cfg, current.as_ref().ok(), now)?, reason),
         };
-        let ca_rotated = current
-            .as_ref()
-            .map_or(true, |m| m.ca_cert_pem != next.ca_cert_pem);
         let mut updated = secret;
         next.write_data(updated.data.get_or_insert_with(BTreeMap::new));
         // The type is immutable; a Secret someone created as Opaque stays Opaque.
@@ -96,6 +81,23 @@ pub async fn converge(
         secret: cfg.secret_ref(),
         attempts: MAX_ATTEMPTS,
     })
+}
+
+/// What to write instead of `current` and why; `None` if it can be served as it is.
+fn replacement(
+    cfg: &BootstrapConfig,
+    current: &Material,
+    now: SystemTime,
+) -> Result<Option<(Material, String)>, BootstrapError> {
+    match current.assess(&cfg.dns_names, now) {
+        Plan::Reuse => Ok(None),
+        Plan::RenewLeaf(reason) => match current.renew_leaf(&cfg.dns_names, cfg.validity, now) {
+            Ok(next) => Ok(Some((next, reason))),
+            // The CA can still fail here (e.g. it expired a moment ago): start over with a new one.
+            Err(_) => Ok(Some((new_ca(cfg, Some(current), now)?, reason))),
+        },
+        Plan::NewCa(reason) => Ok(Some((new_ca(cfg, Some(current), now)?, reason))),
+    }
 }
 
 fn new_ca(
