@@ -1928,7 +1928,6 @@ fn cert_manager_route_args_parse_with_the_real_cli() {
 }
 
 #[test]
-#[ignore = "serve has no --self-signed/--cert-secret/--webhook-configuration/--service-name yet (issue 5 bootstrap)"]
 fn self_signed_route_args_parse_with_the_real_cli() {
     parse_serve_args("self-signed").unwrap();
 }
