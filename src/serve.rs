@@ -149,6 +149,7 @@ pub async fn start_standalone(
         args,
         allocator,
         metrics,
+        None,
         tls,
         readiness.clone(),
         cert_dir,
@@ -162,10 +163,12 @@ pub async fn start_standalone(
 }
 
 /// Bind both ports and spawn the HTTPS webhook and the admin server. Shared by both modes.
+#[allow(clippy::too_many_arguments)]
 pub fn start_servers(
     args: &ServeArgs,
     allocator: Arc<Allocator>,
     metrics: Arc<Metrics>,
+    forward: Option<Arc<crate::cluster::forward::Forwarder>>,
     tls: Arc<rustls::ServerConfig>,
     readiness: Readiness,
     cert_dir: Option<PathBuf>,
@@ -180,6 +183,7 @@ pub fn start_servers(
     let app = webhook::router(WebhookState {
         allocator: allocator.clone(),
         metrics: metrics.clone(),
+        forward,
     });
     let token = shutdown.clone();
     tasks.spawn(async move {

@@ -9,7 +9,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use json_patch::{AddOperation, Patch, PatchOperation};
@@ -19,6 +19,7 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use serde_json::Value;
 
+use crate::cluster::forward::{FORWARDED_HEADER, Forwarder};
 use crate::engine::{Changes, Decision, Outcome};
 use crate::metrics::Metrics;
 use crate::service::SvcInfo;
@@ -35,6 +36,8 @@ const WARNING_MAX: usize = 256;
 pub struct WebhookState {
     pub allocator: Arc<Allocator>,
     pub metrics: Arc<Metrics>,
+    /// Cluster mode with several replicas: send admissions to the lease holder.
+    pub forward: Option<Arc<Forwarder>>,
 }
 
 pub fn router(state: WebhookState) -> Router {
@@ -44,13 +47,31 @@ pub fn router(state: WebhookState) -> Router {
         .with_state(state)
 }
 
-async fn mutate(State(state): State<WebhookState>, body: Bytes) -> Response {
+async fn mutate(State(state): State<WebhookState>, headers: HeaderMap, body: Bytes) -> Response {
     let started = Instant::now();
-    let (review, operation, outcome) = review(&state.allocator, &body, started);
+    let mut defer = None;
+    if let Some(fw) = &state.forward
+        && fw.should_forward()
+        && !headers.contains_key(FORWARDED_HEADER)
+    {
+        match fw.forward(body.clone()).await {
+            Ok(answer) => {
+                state
+                    .metrics
+                    .observe_admission("OTHER", "forwarded", started.elapsed());
+                return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], answer).into_response();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot forward the admission to the leader; admitting without allocating");
+                defer = Some(format!("this replica is not the leader and could not reach it ({e})"));
+            }
+        }
+    }
+    let (review, operation, outcome) = review_with(&state.allocator, &body, started, defer.as_deref());
     state
         .metrics
         .observe_admission(operation, outcome, started.elapsed());
-    match serde_json::to_vec(&review) {
+    match encode(&review) {
         Ok(json) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
@@ -69,6 +90,17 @@ pub fn review(
     allocator: &Allocator,
     body: &[u8],
     now: Instant,
+) -> (AdmissionReview<DynamicObject>, &'static str, &'static str) {
+    review_with(allocator, body, now, None)
+}
+
+/// [`review`], or with `defer`: decide nothing new (reserve nothing, allocate nothing), only
+/// validate user-requested addresses; the reconciler on the leader allocates later.
+pub fn review_with(
+    allocator: &Allocator,
+    body: &[u8],
+    now: Instant,
+    defer: Option<&str>,
 ) -> (AdmissionReview<DynamicObject>, &'static str, &'static str) {
     let parsed: Result<AdmissionReview<Service>, _> = serde_json::from_slice(body);
     let review = match parsed {
@@ -101,15 +133,19 @@ pub fn review(
     };
     let svc = svc_info(object, &req);
     let old = req.old_object.as_ref().map(|o| svc_info(o, &req));
-    let decision = allocator.admit(
+    let mut decision = allocator.admit(
         Request {
             id: &req.uid,
             svc: &svc,
             old: old.as_ref(),
-            dry_run: req.dry_run,
+            dry_run: req.dry_run || defer.is_some(),
         },
         now,
     );
+    if let (Some(why), Outcome::Allocated { .. }) = (defer, &decision.outcome) {
+        decision.outcome = Outcome::NoAddress(format!("{why}; the reconciler assigns one shortly"));
+        decision.changes = Changes::default();
+    }
     tracing::debug!(
         uid = %req.uid, operation, service = %svc.display_name(), dry_run = req.dry_run,
         outcome = decision.outcome.label(), ips = ?decision.outcome.ips(), warnings = ?decision.warnings,
@@ -261,4 +297,52 @@ fn not_a_service_review(body: &[u8], err: serde_json::Error) -> AdmissionReview<
             resp.into_review()
         }
     }
+}
+
+/// The wire form of our answer. kube-core serialises `patch` as a JSON array of numbers; the
+/// apiserver accepts that, but the canonical form of a Go `[]byte` is a base64 string, which is
+/// also a third of the size, so we write the review ourselves.
+pub fn encode(review: &AdmissionReview<DynamicObject>) -> serde_json::Result<Vec<u8>> {
+    use base64::Engine as _;
+
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Out<'a> {
+        api_version: &'a str,
+        kind: &'a str,
+        response: Option<OutResponse<'a>>,
+    }
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct OutResponse<'a> {
+        uid: &'a str,
+        allowed: bool,
+        status: &'a kube::core::Status,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        patch: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        patch_type: Option<&'static str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        warnings: Option<&'a Vec<String>>,
+    }
+    let response = review.response.as_ref().map(|r| OutResponse {
+        uid: &r.uid,
+        allowed: r.allowed,
+        status: &r.result,
+        patch: r
+            .patch
+            .as_ref()
+            .map(|p| base64::engine::general_purpose::STANDARD.encode(p)),
+        patch_type: r.patch.as_ref().map(|_| "JSONPatch"),
+        warnings: r.warnings.as_ref(),
+    });
+    serde_json::to_vec(&Out {
+        api_version: if review.types.api_version.is_empty() {
+            "admission.k8s.io/v1"
+        } else {
+            &review.types.api_version
+        },
+        kind: "AdmissionReview",
+        response,
+    })
 }
