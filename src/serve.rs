@@ -30,7 +30,11 @@ pub struct ServeArgs {
     #[arg(long, env = "KUBEVIP_WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: SocketAddr,
     /// Plain-HTTP admin address (/livez, /readyz, /metrics).
-    #[arg(long, env = "KUBEVIP_WEBHOOK_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(
+        long,
+        env = "KUBEVIP_WEBHOOK_ADMIN_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
     pub admin_listen: SocketAddr,
     /// Serving certificate (PEM); new connections pick up a replaced file without a restart.
     #[arg(long, env = "KUBEVIP_WEBHOOK_TLS_CERT_FILE", requires = "tls_key_file")]
@@ -89,6 +93,7 @@ impl Running {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging();
     let shutdown = CancellationToken::new();
     crate::server::cancel_on_signal(shutdown.clone());
     let running = if args.standalone {
@@ -100,39 +105,69 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     running.wait().await
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`; `RUST_LOG=kube_vip_webhook=debug`
+/// shows one line per admission decision). A subscriber installed earlier is kept.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never in collected Pod logs.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
 /// `serve --standalone`: no cluster; the out-of-the-box demo.
-pub async fn start_standalone(args: &ServeArgs, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    let configmap = args
-        .configmap
-        .as_deref()
-        .context("--standalone needs --configmap FILE (try manifest/examples/kubevip-configmap.yaml)")?;
+pub async fn start_standalone(
+    args: &ServeArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    let configmap = args.configmap.as_deref().context(
+        "--standalone needs --configmap FILE (try manifest/examples/kubevip-configmap.yaml)",
+    )?;
     let config = Config::from_data(&files::load_configmap_data(configmap)?);
     for e in config.errors() {
         tracing::warn!(configmap = %configmap.display(), "config error: {e}");
     }
     let options = args.allocation.options(Family::V4);
-    let allocator = Arc::new(Allocator::new(options, Confirm::OnAdmit, configmap.display().to_string()));
+    let allocator = Arc::new(Allocator::new(
+        options,
+        Confirm::OnAdmit,
+        configmap.display().to_string(),
+    ));
     allocator.set_config(Some(config));
     let mut existing = Vec::new();
     for path in &args.services {
-        existing.extend(files::load_services(path)?.iter().map(SvcInfo::from_service));
+        existing.extend(
+            files::load_services(path)?
+                .iter()
+                .map(SvcInfo::from_service),
+        );
     }
     allocator.reset_services(&existing);
 
     let (tls, cert_dir) = match (&args.tls_cert_file, &args.tls_key_file) {
         (Some(cert), Some(key)) => (crate::tls::reloading_server_config(cert, key)?, None),
         _ => {
-            let dir = args
-                .cert_dir
-                .clone()
-                .unwrap_or_else(|| std::env::temp_dir().join(format!("kube-vip-webhook-{}", std::process::id())));
+            let dir = args.cert_dir.clone().unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("kube-vip-webhook-{}", std::process::id()))
+            });
             let tls = self_signed_into(&dir)?;
             (tls, Some(dir))
         }
     };
     let readiness = Readiness::default();
     let metrics = Arc::new(Metrics::new(allocator.clone()));
-    let running = start_servers(args, allocator, metrics, tls, readiness.clone(), cert_dir, shutdown)?;
+    let running = start_servers(
+        args,
+        allocator,
+        metrics,
+        tls,
+        readiness.clone(),
+        cert_dir,
+        shutdown,
+    )?;
     readiness.set_ready(true);
     if let Some(dir) = &running.cert_dir {
         print_demo_hint(dir, running.webhook_addr);
@@ -160,14 +195,19 @@ pub fn start_servers(
         allocator: allocator.clone(),
         metrics: metrics.clone(),
     });
-    let token = shutdown.clone();
+    // The admin port outlives the webhook drain, so probes see `/readyz` 503 (not a refused
+    // connection) and `/livez` 200 while in-flight admissions finish.
+    let admin_stop = CancellationToken::new();
+    let (token, stop) = (shutdown.clone(), admin_stop.clone());
     tasks.spawn(async move {
+        // Stops the admin port however this task ends (drained, failed, or panicked).
+        let _admin_stop = stop.drop_guard();
         crate::server::serve_https(webhook_listener, tls, app, token, DRAIN)
             .await
             .context("webhook server")
     });
     let admin = crate::admin::router(readiness.clone(), metrics);
-    let token = shutdown.clone();
+    let token = admin_stop;
     tasks.spawn(async move {
         crate::server::serve_http(admin_listener, admin, token, DRAIN)
             .await
@@ -193,7 +233,10 @@ pub fn start_servers(
 
 impl Running {
     /// Run another task under the same shutdown (cluster mode: watches, reconciler).
-    pub fn spawn(&mut self, task: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static) {
+    pub fn spawn(
+        &mut self,
+        task: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) {
         self.tasks.spawn(task);
     }
 }
@@ -206,7 +249,11 @@ fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 
 /// Generate a CA and a serving certificate for localhost into `dir`.
 fn self_signed_into(dir: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let names = ["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let names = [
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
     let generated = crate::tls::generate_self_signed(&names, Duration::from_secs(365 * 24 * 3600))?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     for (file, pem) in [
@@ -217,7 +264,10 @@ fn self_signed_into(dir: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
         let path = dir.join(file);
         std::fs::write(&path, pem).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    Ok(crate::tls::server_config_from_pem(&generated.cert_pem, &generated.key_pem)?)
+    Ok(crate::tls::server_config_from_pem(
+        &generated.cert_pem,
+        &generated.key_pem,
+    )?)
 }
 
 fn print_demo_hint(dir: &Path, addr: SocketAddr) {
@@ -228,4 +278,5 @@ fn print_demo_hint(dir: &Path, addr: SocketAddr) {
         "  curl -s --cacert {}/ca.crt -H 'Content-Type: application/json' \\\n    --data @manifest/examples/admission-review.json https://localhost:{port}/mutate",
         dir.display()
     );
+    println!("  (the patch is base64: append | jq -r .response.patch | base64 -d to read it)");
 }

@@ -12,6 +12,8 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use jsonptr::PointerBuf;
 use k8s_openapi::api::core::v1::Service;
@@ -50,13 +52,30 @@ async fn mutate(State(state): State<WebhookState>, body: Bytes) -> Response {
     state
         .metrics
         .observe_admission(operation, outcome, started.elapsed());
-    match serde_json::to_vec(&review) {
-        Ok(json) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], json).into_response(),
+    match encode_review(&review) {
+        Ok(json) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            json,
+        )
+            .into_response(),
         Err(e) => {
             tracing::error!(error = %e, "cannot encode AdmissionReview");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
+}
+
+/// The review as the apiserver expects it on the wire. `response.patch` is a Go `[]byte`, whose
+/// JSON form is a base64 string; kube-core serializes the `Vec<u8>` as an array of numbers
+/// (kube-rs/kube#1781), so the patch is re-encoded here.
+pub fn encode_review(review: &AdmissionReview<DynamicObject>) -> serde_json::Result<Vec<u8>> {
+    let mut value = serde_json::to_value(review)?;
+    let patch = review.response.as_ref().and_then(|r| r.patch.as_deref());
+    if let (Some(patch), Some(slot)) = (patch, value.pointer_mut("/response/patch")) {
+        *slot = Value::String(BASE64.encode(patch));
+    }
+    serde_json::to_vec(&value)
 }
 
 /// Answer one raw review body. Returns the review plus the operation and outcome labels for metrics.
@@ -111,7 +130,11 @@ pub fn review(
         "admission decision"
     );
     let outcome = decision.outcome.label();
-    (respond(base, &decision, Present::of(object)).into_review(), operation, outcome)
+    (
+        respond(base, &decision, Present::of(object)).into_review(),
+        operation,
+        outcome,
+    )
 }
 
 fn is_service(req: &AdmissionRequest<Service>) -> bool {
@@ -135,7 +158,10 @@ fn respond(base: AdmissionResponse, decision: &Decision, present: Present) -> Ad
     let resp = match &decision.outcome {
         Outcome::Denied(why) => return base.deny(why),
         Outcome::NoAddress(why) => {
-            warnings.insert(0, warning(&format!("no load balancer address assigned: {why}")));
+            warnings.insert(
+                0,
+                warning(&format!("no load balancer address assigned: {why}")),
+            );
             base
         }
         Outcome::Skipped(_) | Outcome::Allocated { .. } | Outcome::Requested { .. } => base,
@@ -143,7 +169,10 @@ fn respond(base: AdmissionResponse, decision: &Decision, present: Present) -> Ad
     let resp = if decision.changes.is_empty() {
         resp
     } else {
-        match resp.clone().with_patch(patch_for(&decision.changes, present)) {
+        match resp
+            .clone()
+            .with_patch(patch_for(&decision.changes, present))
+        {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "cannot encode patch");
@@ -223,14 +252,16 @@ fn add(tokens: &[&str], value: Value) -> PatchOperation {
 /// The body did not decode as a Service review: find out what it is, answer accordingly.
 fn not_a_service_review(body: &[u8], err: serde_json::Error) -> AdmissionReview<DynamicObject> {
     let Ok(generic) = serde_json::from_slice::<AdmissionReview<DynamicObject>>(body) else {
-        return AdmissionResponse::invalid(format!("malformed AdmissionReview: {err}")).into_review();
+        return AdmissionResponse::invalid(format!("malformed AdmissionReview: {err}"))
+            .into_review();
     };
     let uid = generic.request.as_ref().map(|r| r.uid.clone());
     match generic.try_into() {
         Ok(req) => {
             let req: AdmissionRequest<DynamicObject> = req;
             if req.kind.group.is_empty() && req.kind.kind == "Service" {
-                let mut resp = AdmissionResponse::invalid(format!("malformed Service object: {err}"));
+                let mut resp =
+                    AdmissionResponse::invalid(format!("malformed Service object: {err}"));
                 resp.uid = req.uid.clone();
                 resp.into_review()
             } else {
@@ -245,4 +276,3 @@ fn not_a_service_review(body: &[u8], err: serde_json::Error) -> AdmissionReview<
         }
     }
 }
-
