@@ -93,6 +93,7 @@ impl Running {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging();
     let shutdown = CancellationToken::new();
     crate::server::cancel_on_signal(shutdown.clone());
     let running = if args.standalone {
@@ -102,6 +103,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     tracing::info!(webhook = %running.webhook_addr, admin = %running.admin_addr, "serving");
     running.wait().await
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`; `RUST_LOG=kube_vip_webhook=debug`
+/// shows one line per admission decision). A subscriber installed earlier is kept.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never in collected Pod logs.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
 }
 
 /// `serve --standalone`: no cluster; the out-of-the-box demo.
@@ -185,14 +199,19 @@ pub fn start_servers(
         metrics: metrics.clone(),
         forward,
     });
-    let token = shutdown.clone();
+    // The admin port outlives the webhook drain, so probes see `/readyz` 503 (not a refused
+    // connection) and `/livez` 200 while in-flight admissions finish.
+    let admin_stop = CancellationToken::new();
+    let (token, stop) = (shutdown.clone(), admin_stop.clone());
     tasks.spawn(async move {
+        // Stops the admin port however this task ends (drained, failed, or panicked).
+        let _admin_stop = stop.drop_guard();
         crate::server::serve_https(webhook_listener, tls, app, token, DRAIN)
             .await
             .context("webhook server")
     });
     let admin = crate::admin::router(readiness.clone(), metrics);
-    let token = shutdown.clone();
+    let token = admin_stop;
     tasks.spawn(async move {
         crate::server::serve_http(admin_listener, admin, token, DRAIN)
             .await
@@ -263,4 +282,5 @@ fn print_demo_hint(dir: &Path, addr: SocketAddr) {
         "  curl -s --cacert {}/ca.crt -H 'Content-Type: application/json' \\\n    --data @manifest/examples/admission-review.json https://localhost:{port}/mutate",
         dir.display()
     );
+    println!("  (the patch is base64: append | jq -r .response.patch | base64 -d to read it)");
 }

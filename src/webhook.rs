@@ -12,6 +12,8 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use jsonptr::PointerBuf;
 use k8s_openapi::api::core::v1::Service;
@@ -59,19 +61,27 @@ async fn mutate(State(state): State<WebhookState>, headers: HeaderMap, body: Byt
                 state
                     .metrics
                     .observe_admission("OTHER", "forwarded", started.elapsed());
-                return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], answer).into_response();
+                return (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    answer,
+                )
+                    .into_response();
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot forward the admission to the leader; admitting without allocating");
-                defer = Some(format!("this replica is not the leader and could not reach it ({e})"));
+                defer = Some(format!(
+                    "this replica is not the leader and could not reach it ({e})"
+                ));
             }
         }
     }
-    let (review, operation, outcome) = review_with(&state.allocator, &body, started, defer.as_deref());
+    let (review, operation, outcome) =
+        review_with(&state.allocator, &body, started, defer.as_deref());
     state
         .metrics
         .observe_admission(operation, outcome, started.elapsed());
-    match encode(&review) {
+    match encode_review(&review) {
         Ok(json) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
@@ -83,6 +93,18 @@ async fn mutate(State(state): State<WebhookState>, headers: HeaderMap, body: Byt
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
+}
+
+/// The review as the apiserver expects it on the wire. `response.patch` is a Go `[]byte`, whose
+/// JSON form is a base64 string; kube-core serializes the `Vec<u8>` as an array of numbers
+/// (kube-rs/kube#1781), so the patch is re-encoded here.
+pub fn encode_review(review: &AdmissionReview<DynamicObject>) -> serde_json::Result<Vec<u8>> {
+    let mut value = serde_json::to_value(review)?;
+    let patch = review.response.as_ref().and_then(|r| r.patch.as_deref());
+    if let (Some(patch), Some(slot)) = (patch, value.pointer_mut("/response/patch")) {
+        *slot = Value::String(BASE64.encode(patch));
+    }
+    serde_json::to_vec(&value)
 }
 
 /// Answer one raw review body. Returns the review plus the operation and outcome labels for metrics.
@@ -297,52 +319,4 @@ fn not_a_service_review(body: &[u8], err: serde_json::Error) -> AdmissionReview<
             resp.into_review()
         }
     }
-}
-
-/// The wire form of our answer. kube-core serialises `patch` as a JSON array of numbers; the
-/// apiserver accepts that, but the canonical form of a Go `[]byte` is a base64 string, which is
-/// also a third of the size, so we write the review ourselves.
-pub fn encode(review: &AdmissionReview<DynamicObject>) -> serde_json::Result<Vec<u8>> {
-    use base64::Engine as _;
-
-    #[derive(serde::Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Out<'a> {
-        api_version: &'a str,
-        kind: &'a str,
-        response: Option<OutResponse<'a>>,
-    }
-    #[derive(serde::Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct OutResponse<'a> {
-        uid: &'a str,
-        allowed: bool,
-        status: &'a kube::core::Status,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        patch: Option<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        patch_type: Option<&'static str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        warnings: Option<&'a Vec<String>>,
-    }
-    let response = review.response.as_ref().map(|r| OutResponse {
-        uid: &r.uid,
-        allowed: r.allowed,
-        status: &r.result,
-        patch: r
-            .patch
-            .as_ref()
-            .map(|p| base64::engine::general_purpose::STANDARD.encode(p)),
-        patch_type: r.patch.as_ref().map(|_| "JSONPatch"),
-        warnings: r.warnings.as_ref(),
-    });
-    serde_json::to_vec(&Out {
-        api_version: if review.types.api_version.is_empty() {
-            "admission.k8s.io/v1"
-        } else {
-            &review.types.api_version
-        },
-        kind: "AdmissionReview",
-        response,
-    })
 }

@@ -472,19 +472,43 @@ async fn only_the_lease_holder_reconciles_and_a_standby_takes_over() {
 async fn followers_forward_admissions_to_the_leader() {
     provider();
     let fake = FakeApiServer::new();
-    fake.insert(&configmap(&[("cidr-global", "10.6.0.0/24")])).unwrap();
+    fake.insert(&configmap(&[("cidr-global", "10.6.0.0/24")]))
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let name = "kube-vip-webhook.kube-system.svc";
-    let tls = kube_vip_webhook::tls::generate_self_signed(&[name.into(), "localhost".into()], Duration::from_secs(3600)).unwrap();
-    for (f, pem) in [("ca.crt", &tls.ca_cert_pem), ("tls.crt", &tls.cert_pem), ("tls.key", &tls.key_pem)] {
+    let tls = kube_vip_webhook::tls::generate_self_signed(
+        &[name.into(), "localhost".into()],
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    for (f, pem) in [
+        ("ca.crt", &tls.ca_cert_pem),
+        ("tls.crt", &tls.cert_pem),
+        ("tls.key", &tls.key_pem),
+    ] {
         std::fs::write(dir.path().join(f), pem).unwrap();
     }
     let p = |f: &str| dir.path().join(f).display().to_string();
     let replica = |pod: &str| {
         let argv = [
-            "kube-vip-webhook", "serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
-            "--tls-cert-file", &p("tls.crt"), "--tls-key-file", &p("tls.key"), "--tls-ca-file", &p("ca.crt"),
-            "--default-ip-family", "IPv4", "--pod-ip", "127.0.0.1", "--pod-name", pod,
+            "kube-vip-webhook",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--tls-cert-file",
+            &p("tls.crt"),
+            "--tls-key-file",
+            &p("tls.key"),
+            "--tls-ca-file",
+            &p("ca.crt"),
+            "--default-ip-family",
+            "IPv4",
+            "--pod-ip",
+            "127.0.0.1",
+            "--pod-name",
+            pod,
         ]
         .map(String::from);
         match Cli::try_parse_from(argv).unwrap().command {
@@ -492,17 +516,25 @@ async fn followers_forward_admissions_to_the_leader() {
             _ => unreachable!(),
         }
     };
-    let a = kube_vip_webhook::cluster::start_with_client(&replica("a"), fake.client(), CancellationToken::new())
-        .await
-        .unwrap();
+    let a = kube_vip_webhook::cluster::start_with_client(
+        &replica("a"),
+        fake.client(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
     eventually("a leads", || async {
         let l = fake.get::<Lease>(Some("kube-system"), "kube-vip-webhook")?;
         (l.spec?.holder_identity? == "a").then_some(())
     })
     .await;
-    let b = kube_vip_webhook::cluster::start_with_client(&replica("b"), fake.client(), CancellationToken::new())
-        .await
-        .unwrap();
+    let b = kube_vip_webhook::cluster::start_with_client(
+        &replica("b"),
+        fake.client(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
     for r in [&a, &b] {
         eventually("ready", || async { r.readiness.is_ready().then_some(()) }).await;
     }
@@ -525,7 +557,11 @@ async fn followers_forward_admissions_to_the_leader() {
         .unwrap();
     let mut tasks = Vec::new();
     for i in 0..80 {
-        let addr = if i % 2 == 0 { a.webhook_addr } else { b.webhook_addr };
+        let addr = if i % 2 == 0 {
+            a.webhook_addr
+        } else {
+            b.webhook_addr
+        };
         let client = client.clone();
         tasks.push(tokio::spawn(async move {
             let review = json!({
@@ -559,9 +595,16 @@ async fn followers_forward_admissions_to_the_leader() {
     }
     let mut ips = HashSet::new();
     for t in tasks {
-        assert!(ips.insert(t.await.unwrap()), "an address was handed out twice");
+        assert!(
+            ips.insert(t.await.unwrap()),
+            "an address was handed out twice"
+        );
     }
     assert_eq!(ips.len(), 80);
-    assert_eq!(a.allocator.reservations(), 80, "the leader decided every admission");
+    assert_eq!(
+        a.allocator.reservations(),
+        80,
+        "the leader decided every admission"
+    );
     assert_eq!(b.allocator.reservations(), 0, "the follower decided none");
 }

@@ -61,7 +61,9 @@ impl Forwarder {
     /// Send the review body to the leader; its answer is returned verbatim.
     pub async fn forward(&self, body: Bytes) -> Result<Bytes, ForwardError> {
         let raw = self.leader.leader_address().ok_or(ForwardError::NoLeader)?;
-        let addr: SocketAddr = raw.parse().map_err(|_| ForwardError::BadAddress(raw.clone()))?;
+        let addr: SocketAddr = raw
+            .parse()
+            .map_err(|_| ForwardError::BadAddress(raw.clone()))?;
         let client = self.client_for(addr)?;
         let url = format!("https://{}:{}/mutate", self.server_name, addr.port());
         let resp = client

@@ -46,7 +46,10 @@ impl LeaderState {
     }
 
     fn set_leader_address(&self, addr: Option<String>) {
-        *self.leader_address.write().unwrap_or_else(|e| e.into_inner()) = addr;
+        *self
+            .leader_address
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = addr;
     }
 
     pub fn is_leader(&self) -> bool {

@@ -135,7 +135,9 @@ pub async fn start_with_client(
     let (tls, ca_pem) = match (&args.tls_cert_file, &args.tls_key_file, cluster.self_signed) {
         (Some(cert), Some(key), _) => {
             let ca = match &cluster.tls_ca_file {
-                Some(p) => Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?),
+                Some(p) => {
+                    Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?)
+                }
                 None => None,
             };
             (crate::tls::reloading_server_config(cert, key)?, ca)
@@ -150,7 +152,9 @@ pub async fn start_with_client(
             let ca = boot.status.borrow().ca_bundle.clone();
             (boot.server_config, Some(ca))
         }
-        _ => anyhow::bail!("cluster mode needs --tls-cert-file and --tls-key-file, or --self-signed"),
+        _ => {
+            anyhow::bail!("cluster mode needs --tls-cert-file and --tls-key-file, or --self-signed")
+        }
     };
     let readiness = Readiness::default();
     let metrics = Arc::new(Metrics::new(allocator.clone()));
@@ -166,7 +170,11 @@ pub async fn start_with_client(
                 "leader election without a CA to verify the leader (--tls-ca-file): followers admit \
                  without allocating and the leader's reconciler assigns addresses"
             );
-            Some(Arc::new(forward::Forwarder::new(leader.clone(), Vec::new(), String::new())))
+            Some(Arc::new(forward::Forwarder::new(
+                leader.clone(),
+                Vec::new(),
+                String::new(),
+            )))
         }
         (false, _) => None,
     };
