@@ -730,3 +730,27 @@ fn the_same_request_decided_again_gets_the_same_address() {
     );
     assert_eq!(ips(&other), ["10.0.0.2"]);
 }
+
+#[test]
+fn standalone_update_away_from_load_balancer_frees_the_address() {
+    let a = alloc(&[("range-global", "10.0.0.1-10.0.0.1")]);
+    let s = svc("x", "a", json!({}));
+    assert_eq!(ips(&admit(&a, &s)), ["10.0.0.1"]);
+    let now_cluster_ip = svc(
+        "x",
+        "a",
+        json!({"spec": {"type": "ClusterIP"},
+        "metadata": {"annotations": {"kube-vip.io/loadbalancerIPs": "10.0.0.1"}}}),
+    );
+    let d = a.admit(
+        Request {
+            id: "u",
+            svc: &now_cluster_ip,
+            old: Some(&s),
+            dry_run: false,
+        },
+        Instant::now(),
+    );
+    assert!(matches!(d.outcome, Outcome::Skipped(_)));
+    assert_eq!(ips(&admit(&a, &svc("x", "b", json!({})))), ["10.0.0.1"]);
+}
