@@ -17,7 +17,6 @@ use crate::config::Config;
 use crate::files;
 use crate::ipam::Family;
 use crate::metrics::Metrics;
-use crate::service::SvcInfo;
 use crate::state::{Allocator, Confirm};
 use crate::webhook::{self, WebhookState};
 
@@ -137,15 +136,7 @@ pub async fn start_standalone(
         configmap.display().to_string(),
     ));
     allocator.set_config(Some(config));
-    let mut existing = Vec::new();
-    for path in &args.services {
-        existing.extend(
-            files::load_services(path)?
-                .iter()
-                .map(SvcInfo::from_service),
-        );
-    }
-    allocator.reset_services(&existing);
+    allocator.reset_services(&files::load_svc_infos(&args.services)?);
 
     let (tls, cert_dir) = match (&args.tls_cert_file, &args.tls_key_file) {
         (Some(cert), Some(key)) => (crate::tls::reloading_server_config(cert, key)?, None),
