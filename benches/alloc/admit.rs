@@ -155,20 +155,95 @@ fn scenario(
 pub fn scenarios() -> Vec<Scenario> {
     let v4 = [("cidr-global", "10.0.0.0/8")];
     let v6 = [("cidr-global", "fd00::/64")];
-    let share = [("cidr-global", "10.0.0.0/8"), ("allow-share-global", "true")];
+    let share = [
+        ("cidr-global", "10.0.0.0/8"),
+        ("allow-share-global", "true"),
+    ];
     use Layout::*;
     let all = vec![
-        scenario("admit /8, 1k used (baseline)", 0, &v4, "10.0.0.0/8", 1_000, Contiguous, false),
-        scenario("admit /8, 100k used", 0, &v4, "10.0.0.0/8", 100_000, Contiguous, false),
-        scenario("admit /8, 1k used scattered", 2, &v4, "10.0.0.0/8", 1_000, Scattered, false),
-        scenario("admit /8, 100k used scattered", 2, &v4, "10.0.0.0/8", 100_000, Scattered, false),
-        scenario("admit /64, 1k used", 4, &v6, "fd00::/64", 1_000, Contiguous, false),
-        scenario("admit /64, 100k used", 4, &v6, "fd00::/64", 100_000, Contiguous, false),
+        scenario(
+            "admit /8, 1k used (baseline)",
+            0,
+            &v4,
+            "10.0.0.0/8",
+            1_000,
+            Contiguous,
+            false,
+        ),
+        scenario(
+            "admit /8, 100k used",
+            0,
+            &v4,
+            "10.0.0.0/8",
+            100_000,
+            Contiguous,
+            false,
+        ),
+        scenario(
+            "admit /8, 1k used scattered",
+            2,
+            &v4,
+            "10.0.0.0/8",
+            1_000,
+            Scattered,
+            false,
+        ),
+        scenario(
+            "admit /8, 100k used scattered",
+            2,
+            &v4,
+            "10.0.0.0/8",
+            100_000,
+            Scattered,
+            false,
+        ),
+        scenario(
+            "admit /64, 1k used",
+            4,
+            &v6,
+            "fd00::/64",
+            1_000,
+            Contiguous,
+            false,
+        ),
+        scenario(
+            "admit /64, 100k used",
+            4,
+            &v6,
+            "fd00::/64",
+            100_000,
+            Contiguous,
+            false,
+        ),
         // Every used address is held on 80/TCP, the new Service asks for 80/TCP: nothing is
         // shareable, and a scan over the holders is the worst case.
-        scenario("share, 1k holders on :80", 6, &share, "10.0.0.0/8", 1_000, Contiguous, false),
-        scenario("share, 100k holders on :80", 6, &share, "10.0.0.0/8", 100_000, Contiguous, false),
-        scenario("share, 100k holders on :80 scattered", 6, &share, "10.0.0.0/8", 100_000, Scattered, false),
+        scenario(
+            "share, 1k holders on :80",
+            6,
+            &share,
+            "10.0.0.0/8",
+            1_000,
+            Contiguous,
+            false,
+        ),
+        scenario(
+            "share, 100k holders on :80",
+            6,
+            &share,
+            "10.0.0.0/8",
+            100_000,
+            Contiguous,
+            false,
+        ),
+        scenario(
+            "share, 100k holders on :80 scattered",
+            6,
+            &share,
+            "10.0.0.0/8",
+            100_000,
+            Scattered,
+            false,
+        ),
     ];
     for s in &all {
         let d = admit_once(s, "check", Instant::now());
@@ -264,7 +339,10 @@ pub fn print_table(all: &[Scenario]) {
             ("base".to_string(), "")
         } else {
             let r = t / base;
-            (format!("{r:.2}"), if r <= 1.5 { "<=1.5 ok" } else { "<=1.5 MISSED" })
+            (
+                format!("{r:.2}"),
+                if r <= 1.5 { "<=1.5 ok" } else { "<=1.5 MISSED" },
+            )
         };
         println!("{:<40} {:>10.0} {:>8} {:>8}", s.name, t, ratio, target);
     }
