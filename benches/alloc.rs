@@ -1,9 +1,17 @@
-//! `next_free` cost against the number of used addresses.
+//! Allocation cost against the number of used addresses.
 //!
-//! The worst case for a walk-from-the-start search is a large pool whose first million
-//! allocatable addresses are all used; with coalesced runs it should cost about the same as a
-//! /24 with 100 used. After criterion's report, a small table measured in the same run compares
-//! each scenario with that baseline (printed only when run by `cargo bench`).
+//! * `next_free`: the worst case for a walk-from-the-start search is a large pool whose first
+//!   million allocatable addresses are all used; with coalesced runs it should cost about the same
+//!   as a /24 with 100 used.
+//! * `admit`: one whole allocation through `Allocator::admit` (the webhook's path: expiry, decision,
+//!   reservation) with 100k used addresses against 1k used (target: <= 1.5x), and the sharing path
+//!   where every used address is held on the port the new Service asks for.
+//!
+//! After criterion's report, tables measured in the same run compare each scenario with its
+//! baseline (printed only when run by `cargo bench`).
+
+#[path = "alloc/admit.rs"]
+mod admit;
 
 use std::hint::black_box;
 use std::net::IpAddr;
@@ -110,12 +118,15 @@ fn print_table(all: &[Scenario]) {
 
 fn main() {
     let all = scenarios();
+    let admits = admit::scenarios();
     let mut c = Criterion::default().configure_from_args();
     bench(&mut c, &all);
+    admit::bench(&mut c, &admits);
     c.final_summary();
     // `cargo test --all-targets` runs this binary without `--bench` (criterion's test mode):
-    // skip the timing table there.
+    // skip the timing tables there.
     if std::env::args().any(|a| a == "--bench") {
         print_table(&all);
+        admit::print_table(&admits);
     }
 }

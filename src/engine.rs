@@ -376,16 +376,32 @@ fn pick(
 
 /// First held address of the pool (search order) whose every holder has no (port, protocol)
 /// in common with `svc` (SPEC 4.5).
+///
+/// The index answers for holders in general by jumping over runs of clashing addresses; holders
+/// that are this very Service or request (`view.me`) never clash with it, which the index cannot
+/// know, so the few addresses they hold are checked one by one and the earlier answer wins.
 fn shareable(svc: &SvcInfo, set: &AddressSet, view: &View<'_>) -> Option<IpAddr> {
-    view.index
-        .addrs()
-        .iter_in(set, view.config.search_order())
-        .find(|ip| {
-            let holders = view.index.holders(*ip);
-            holders
+    let order = view.config.search_order();
+    let general = view.index.first_shareable(set, order, &svc.ports);
+    let mine = view
+        .me
+        .iter()
+        .flat_map(|id| view.index.addresses_of(id))
+        .copied()
+        .filter(|ip| set.is_allocatable(*ip))
+        .filter(|ip| {
+            view.index
+                .holders(*ip)
                 .iter()
                 .all(|h| view.me.contains(&h.id) || port_clash(&svc.ports, &h.ports).is_none())
-        })
+        });
+    general.into_iter().chain(mine).reduce(|a, b| {
+        let b_first = match order {
+            ipam::SearchOrder::Ascending => ipam::to_u128(b) < ipam::to_u128(a),
+            ipam::SearchOrder::Descending => ipam::to_u128(b) > ipam::to_u128(a),
+        };
+        if b_first { b } else { a }
+    })
 }
 
 fn other(f: Family) -> Family {

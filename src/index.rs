@@ -8,8 +8,30 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::ipam::UsedAddrs;
+use crate::ipam::{AddressSet, KeyedRuns, SearchOrder, UsedAddrs};
 use crate::service::{PortKey, ServiceKey, SvcInfo};
+
+/// What a holder occupies on its addresses, for sharing: its (port, protocol) pairs, or every
+/// port when it has none (without ports nothing can be proven not to clash).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ClashKey {
+    Port(PortKey),
+    AllPorts,
+}
+
+impl Holder {
+    fn clash_keys(&self) -> impl Iterator<Item = ClashKey> + '_ {
+        let all = self.ports.is_empty().then_some(ClashKey::AllPorts);
+        self.ports.iter().map(|p| ClashKey::Port(*p)).chain(all)
+    }
+
+    fn has_clash_key(&self, key: ClashKey) -> bool {
+        match key {
+            ClashKey::Port(p) => self.ports.contains(&p),
+            ClashKey::AllPorts => self.ports.is_empty(),
+        }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum HolderId {
@@ -31,6 +53,9 @@ pub struct UsedIndex {
     by_addr: HashMap<IpAddr, Vec<Holder>>,
     by_holder: HashMap<HolderId, Vec<IpAddr>>,
     addrs: UsedAddrs,
+    /// Used addresses by the (port, protocol) pairs their holders occupy, so that sharing jumps
+    /// over clashing addresses instead of checking every holder.
+    clash: KeyedRuns<ClashKey>,
     malformed: HashMap<ServiceKey, usize>,
     malformed_total: usize,
 }
@@ -69,9 +94,21 @@ impl UsedIndex {
             return;
         }
         for ip in ips {
-            let list = self.by_addr.entry(*ip).or_default();
-            if list.is_empty() {
+            let newly_used = self.by_addr.get(ip).is_none_or(Vec::is_empty);
+            if newly_used {
                 self.addrs.insert(*ip);
+                // Runs of keys this holder lacks that spanned the (free) address end here.
+                for key in self.neighbour_keys(*ip) {
+                    if !holder.has_clash_key(key) {
+                        self.clash.split_at(&key, *ip, &self.addrs);
+                    }
+                }
+            }
+            let list = self.by_addr.entry(*ip).or_default();
+            for key in holder.clash_keys() {
+                if !list.iter().any(|h| h.has_clash_key(key)) {
+                    self.clash.insert(&key, *ip, &self.addrs);
+                }
             }
             list.push(holder.clone());
         }
@@ -83,15 +120,66 @@ impl UsedIndex {
             return Vec::new();
         };
         for ip in &ips {
-            if let Some(list) = self.by_addr.get_mut(ip) {
-                list.retain(|h| &h.id != id);
-                if list.is_empty() {
-                    self.by_addr.remove(ip);
-                    self.addrs.remove(*ip);
+            let Some(list) = self.by_addr.get_mut(ip) else {
+                continue;
+            };
+            let Some(gone) = list.iter().find(|h| &h.id == id).cloned() else {
+                continue;
+            };
+            list.retain(|h| &h.id != id);
+            let emptied = list.is_empty();
+            let lost: Vec<ClashKey> = gone
+                .clash_keys()
+                .filter(|k| !list.iter().any(|h| h.has_clash_key(*k)))
+                .collect();
+            if emptied {
+                self.by_addr.remove(ip);
+                self.addrs.remove(*ip);
+            }
+            for key in &lost {
+                self.clash.remove(key, *ip, &self.addrs);
+            }
+            if emptied {
+                // The address no longer separates runs of the keys its neighbours share.
+                for key in self.neighbour_keys(*ip) {
+                    self.clash.join_across(&key, *ip, &self.addrs);
                 }
             }
         }
         ips
+    }
+
+    /// Keys of the used neighbour of `ip` with fewer holders (a run that spans `ip` contains
+    /// both neighbours, so its key is in both). Empty when `ip` lacks a neighbour on either side.
+    fn neighbour_keys(&self, ip: IpAddr) -> Vec<ClashKey> {
+        let (Some(a), Some(b)) = self.addrs.neighbours(ip) else {
+            return Vec::new();
+        };
+        let (ha, hb) = (self.holders(a), self.holders(b));
+        let fewer = if ha.len() <= hb.len() { ha } else { hb };
+        let mut keys: Vec<ClashKey> = fewer.iter().flat_map(Holder::clash_keys).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+
+    /// The first used address of `pool` (search order) none of whose holders clashes with
+    /// `ports`, ignoring no holder. O(log n) per run of a clashing key that is jumped over.
+    pub fn first_shareable(
+        &self,
+        pool: &AddressSet,
+        order: SearchOrder,
+        ports: &[PortKey],
+    ) -> Option<IpAddr> {
+        if ports.is_empty() {
+            return None; // a Service without ports clashes with every holder
+        }
+        let blocked: Vec<ClashKey> = ports
+            .iter()
+            .map(|p| ClashKey::Port(*p))
+            .chain([ClashKey::AllPorts])
+            .collect();
+        self.clash.first_without(&self.addrs, pool, order, &blocked)
     }
 
     /// Index a Service as it is now (add, update, or type change away from LoadBalancer).
@@ -171,5 +259,187 @@ mod tests {
         assert!(idx.addrs().is_empty());
         assert_eq!(idx.malformed_count(), 0);
         assert_eq!(idx.holder_count(), 0);
+    }
+
+    fn port(p: i32, protocol: Protocol) -> PortKey {
+        PortKey { port: p, protocol }
+    }
+
+    /// The scan the index replaces: every used address of the pool in order, every holder checked.
+    fn brute_shareable(
+        idx: &UsedIndex,
+        pool: &AddressSet,
+        order: SearchOrder,
+        ports: &[PortKey],
+    ) -> Option<IpAddr> {
+        idx.addrs().iter_in(pool, order).find(|ip| {
+            idx.holders(*ip)
+                .iter()
+                .all(|h| crate::service::port_clash(ports, &h.ports).is_none())
+        })
+    }
+
+    fn check(idx: &UsedIndex) {
+        idx.clash.check(&idx.addrs, |key, ip| {
+            idx.holders(ip).iter().any(|h| h.has_clash_key(*key))
+        });
+    }
+
+    #[test]
+    fn sharing_jumps_a_run_of_clashing_holders_in_one_step() {
+        let mut idx = UsedIndex::new();
+        let web = [port(80, Protocol::Tcp)];
+        // 10.0.0.1 .. 10.0.3.254 on 80/TCP (a .255/.0 gap inside), one free hole, then 443 only.
+        let mut n = 0;
+        for third in 0..4u8 {
+            for last in 1..=254u8 {
+                if (third, last) == (1, 7) {
+                    continue; // free: does not separate the run
+                }
+                let ip = IpAddr::from([10, 0, third, last]);
+                let mut s = lb("ns", &format!("s{n}"), &ip.to_string());
+                s.ports = web.to_vec();
+                idx.apply_service(&s);
+                n += 1;
+            }
+        }
+        let mut other = lb("ns", "tls", "10.0.4.9");
+        other.ports = vec![port(443, Protocol::Tcp)];
+        idx.apply_service(&other);
+        let key = ClashKey::Port(web[0]);
+        assert_eq!(idx.clash.run_count(&key, crate::ipam::Family::V4), 1);
+        check(&idx);
+        let pool = AddressSet::from_ranges(
+            crate::ipam::Family::V4,
+            &[(ip("10.0.0.0"), ip("10.0.255.255"))],
+        );
+        for order in [SearchOrder::Ascending, SearchOrder::Descending] {
+            assert_eq!(
+                idx.first_shareable(&pool, order, &web),
+                Some(ip("10.0.4.9"))
+            );
+        }
+        // 443 clashes with tls only: the first 80/TCP holder shares.
+        let tls = [port(443, Protocol::Tcp)];
+        assert_eq!(
+            idx.first_shareable(&pool, SearchOrder::Ascending, &tls),
+            Some(ip("10.0.0.1"))
+        );
+        // A used address without 80/TCP inside the run splits it; removing it joins it again.
+        let mut dns = lb("ns", "dns", "10.0.1.7");
+        dns.ports = vec![port(53, Protocol::Udp)];
+        idx.apply_service(&dns);
+        assert_eq!(idx.clash.run_count(&key, crate::ipam::Family::V4), 2);
+        assert_eq!(
+            idx.first_shareable(&pool, SearchOrder::Ascending, &web),
+            Some(ip("10.0.1.7"))
+        );
+        check(&idx);
+        idx.remove_service(&ServiceKey::new("ns", "dns"));
+        assert_eq!(idx.clash.run_count(&key, crate::ipam::Family::V4), 1);
+        check(&idx);
+        // A holder without ports clashes with everything.
+        let mut bare = lb("ns", "bare", "10.0.4.9");
+        bare.ports.clear();
+        idx.apply_service(&bare);
+        assert_eq!(
+            idx.first_shareable(&pool, SearchOrder::Ascending, &web),
+            None
+        );
+        assert_eq!(
+            idx.first_shareable(&pool, SearchOrder::Ascending, &[]),
+            None
+        );
+    }
+
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            /// Service `svc` now holds these addresses (by index) on these ports (by index).
+            Set(u8, Vec<u8>, Vec<u8>),
+            Remove(u8),
+        }
+
+        /// Around an IPv4 `.255/.0` boundary (filtered addresses included) plus a little IPv6.
+        const ADDRS: [&str; 12] = [
+            "10.0.0.250",
+            "10.0.0.251",
+            "10.0.0.252",
+            "10.0.0.253",
+            "10.0.0.254",
+            "10.0.0.255",
+            "10.0.1.0",
+            "10.0.1.1",
+            "10.0.1.2",
+            "10.0.1.3",
+            "fd00::1",
+            "fd00::3",
+        ];
+        const PORTS: [(i32, Protocol); 4] = [
+            (80, Protocol::Tcp),
+            (443, Protocol::Tcp),
+            (80, Protocol::Udp),
+            (53, Protocol::Udp),
+        ];
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                3 => (0u8..8, prop::collection::vec(0u8..12, 0..3), prop::collection::vec(0u8..4, 0..3))
+                    .prop_map(|(s, a, p)| Op::Set(s, a, p)),
+                1 => (0u8..8).prop_map(Op::Remove),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+            #[test]
+            fn first_shareable_matches_a_full_scan(ops in prop::collection::vec(op(), 1..40)) {
+                let mut idx = UsedIndex::new();
+                let pools = [
+                    AddressSet::from_ranges(crate::ipam::Family::V4, &[(ip("10.0.0.250"), ip("10.0.1.3"))]),
+                    AddressSet::from_ranges(crate::ipam::Family::V4, &[(ip("10.0.0.252"), ip("10.0.1.1"))]),
+                    AddressSet::from_ranges(crate::ipam::Family::V6, &[(ip("fd00::"), ip("fd00::ff"))]),
+                ];
+                let queries: Vec<Vec<PortKey>> = vec![
+                    vec![port(80, Protocol::Tcp)],
+                    vec![port(443, Protocol::Tcp)],
+                    vec![port(80, Protocol::Tcp), port(80, Protocol::Udp)],
+                    vec![port(53, Protocol::Udp), port(443, Protocol::Tcp)],
+                    vec![port(8080, Protocol::Tcp)],
+                ];
+                for op in ops {
+                    match op {
+                        Op::Set(svc, addrs, ports) => {
+                            let ips: Vec<IpAddr> = addrs.iter().map(|a| ip(ADDRS[*a as usize])).collect();
+                            let list = ips.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(",");
+                            let mut s = lb("ns", &format!("s{svc}"), &list);
+                            s.ports = ports.iter().map(|p| { let (n, pr) = PORTS[*p as usize]; port(n, pr) }).collect();
+                            idx.apply_service(&s);
+                        }
+                        Op::Remove(svc) => idx.remove_service(&ServiceKey::new("ns", format!("s{svc}"))),
+                    }
+                    check(&idx);
+                    for pool in &pools {
+                        for order in [SearchOrder::Ascending, SearchOrder::Descending] {
+                            for q in &queries {
+                                prop_assert_eq!(
+                                    idx.first_shareable(pool, order, q),
+                                    brute_shareable(&idx, pool, order, q),
+                                    "pool {} order {:?} ports {:?}", pool, order, q
+                                );
+                            }
+                        }
+                    }
+                }
+                for svc in 0..8u8 {
+                    idx.remove_service(&ServiceKey::new("ns", format!("s{svc}")));
+                }
+                prop_assert_eq!(idx.clash.key_count(), 0);
+                prop_assert!(idx.addrs().is_empty());
+            }
+        }
     }
 }

@@ -754,3 +754,76 @@ fn standalone_update_away_from_load_balancer_frees_the_address() {
     assert!(matches!(d.outcome, Outcome::Skipped(_)));
     assert_eq!(ips(&admit(&a, &svc("x", "b", json!({})))), ["10.0.0.1"]);
 }
+
+#[test]
+fn sharing_skips_every_clashing_holder_and_keeps_a_services_own_address() {
+    for (order, want) in [("asc", "10.0.0.8"), ("desc", "10.0.0.10")] {
+        let a = alloc(&[
+            ("range-global", "10.0.0.1-10.0.0.20"),
+            ("allow-share-global", "true"),
+            ("search-order", order),
+        ]);
+        let holder = |name: &str, ip: &str, port: i32, proto: &str| {
+            svc(
+                "h",
+                name,
+                json!({"metadata": {"annotations": {"kube-vip.io/loadbalancerIPs": ip}},
+                       "spec": {"ports": [{"port": port, "protocol": proto}]}}),
+            )
+        };
+        // 80/TCP on .1-.6 and .11-.20, .7 and .9 free, 53/UDP on .8, 443/TCP on .10.
+        for i in (1..=6).chain(11..=20) {
+            a.apply_service(&holder(
+                &format!("web{i}"),
+                &format!("10.0.0.{i}"),
+                80,
+                "TCP",
+            ));
+        }
+        a.apply_service(&holder("dns", "10.0.0.8", 53, "UDP"));
+        a.apply_service(&holder("tls", "10.0.0.10", 443, "TCP"));
+        let d = admit(&a, &svc("n", "new", json!({})));
+        assert_eq!(ips(&d), [want], "search order {order}");
+        assert!(matches!(d.outcome, Outcome::Allocated { shared: true, .. }));
+        // A Service re-decided on UPDATE without its annotation: its own address never clashes
+        // with itself, even inside a stretch of clashing holders.
+        let old = holder("web3", "10.0.0.3", 80, "TCP");
+        let new = svc("h", "web3", json!({}));
+        let d = a.admit(
+            Request {
+                id: "update-web3",
+                svc: &new,
+                old: Some(&old),
+                dry_run: false,
+            },
+            Instant::now(),
+        );
+        // Descending, .10 now also holds "new" on 80/TCP, so .8 comes before .3.
+        let own = if order == "asc" {
+            "10.0.0.3"
+        } else {
+            "10.0.0.8"
+        };
+        assert_eq!(ips(&d), [own], "search order {order}");
+    }
+    // Once the only non-clashing holders are gone, a port-80 Service gets a free address.
+    let a = alloc(&[
+        ("range-global", "10.0.0.1-10.0.0.4"),
+        ("allow-share-global", "true"),
+    ]);
+    a.apply_service(&svc(
+        "h",
+        "web",
+        json!({"metadata": {"annotations": {"kube-vip.io/loadbalancerIPs": "10.0.0.1"}}}),
+    ));
+    a.apply_service(&svc(
+        "h",
+        "dns",
+        json!({"metadata": {"annotations": {"kube-vip.io/loadbalancerIPs": "10.0.0.3"}},
+               "spec": {"ports": [{"port": 53, "protocol": "UDP"}]}}),
+    ));
+    assert_eq!(ips(&admit(&a, &svc("n", "one", json!({})))), ["10.0.0.3"]);
+    a.delete_service(&ServiceKey::new("h", "dns"));
+    // "one" now holds .3 on 80/TCP (OnAdmit): nothing shareable for port 80 any more.
+    assert_eq!(ips(&admit(&a, &svc("n", "two", json!({})))), ["10.0.0.2"]);
+}

@@ -4,12 +4,14 @@
 //! Every address is a `u128` inside its family (IPv4 uses the low 32 bits), so a `/8` or an IPv6
 //! `/64` costs the same as a `/29`, and `next_free` never walks addresses one by one.
 
+pub mod keyed;
 pub mod set;
 pub mod used;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+pub use keyed::KeyedRuns;
 pub use set::AddressSet;
 pub use used::UsedAddrs;
 

@@ -116,6 +116,55 @@ impl UsedAddrs {
         self.family(family).run_containing(v)
     }
 
+    /// The nearest used, allocatable (not IPv4 `.0`/`.255`) value of `family` below `v`.
+    pub(crate) fn prev_allocatable(&self, family: Family, v: u128) -> Option<u128> {
+        self.family(family)
+            .exact
+            .range(..v)
+            .rev()
+            .copied()
+            .find(|&u| !is_filtered_value(family, u))
+    }
+
+    /// The nearest used, allocatable value of `family` above `v`.
+    pub(crate) fn next_allocatable(&self, family: Family, v: u128) -> Option<u128> {
+        if v == u128::MAX {
+            return None;
+        }
+        self.next_allocatable_from(family, v + 1)
+    }
+
+    /// The smallest used, allocatable value of `family` that is `>= v`.
+    pub(crate) fn next_allocatable_from(&self, family: Family, v: u128) -> Option<u128> {
+        self.family(family)
+            .exact
+            .range(v..)
+            .copied()
+            .find(|&u| !is_filtered_value(family, u))
+    }
+
+    /// The largest used, allocatable value of `family` that is `<= v`.
+    pub(crate) fn prev_allocatable_to(&self, family: Family, v: u128) -> Option<u128> {
+        self.family(family)
+            .exact
+            .range(..=v)
+            .rev()
+            .copied()
+            .find(|&u| !is_filtered_value(family, u))
+    }
+
+    /// The used, allocatable addresses right before and after `ip` in its family (not `ip`).
+    pub fn neighbours(&self, ip: IpAddr) -> (Option<IpAddr>, Option<IpAddr>) {
+        let family = Family::of(ip);
+        let v = to_u128(ip);
+        (
+            self.prev_allocatable(family, v)
+                .map(|u| from_u128(family, u)),
+            self.next_allocatable(family, v)
+                .map(|u| from_u128(family, u)),
+        )
+    }
+
     /// Number of runs of `family` (for tests and diagnostics).
     pub fn run_count(&self, family: Family) -> usize {
         self.family(family).runs.len()
