@@ -93,6 +93,19 @@ pub fn load_services(path: &Path) -> Result<Vec<Service>, FileError> {
     Ok(out)
 }
 
+/// Every Service of several files, as the allocator reads them.
+pub fn load_svc_infos(paths: &[PathBuf]) -> Result<Vec<crate::service::SvcInfo>, FileError> {
+    let mut out = Vec::new();
+    for path in paths {
+        out.extend(
+            load_services(path)?
+                .iter()
+                .map(crate::service::SvcInfo::from_service),
+        );
+    }
+    Ok(out)
+}
+
 /// The data of the first ConfigMap in the file.
 pub fn load_configmap_data(path: &Path) -> Result<BTreeMap<String, String>, FileError> {
     for (index, obj) in load_objects(path)?.into_iter().enumerate() {

@@ -10,7 +10,6 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::engine::{Options, Outcome};
 use crate::files::{self, FileError};
-use crate::service::SvcInfo;
 use crate::state::{Allocator, Confirm, Request};
 
 pub struct PlanInput {
@@ -61,22 +60,8 @@ pub fn run(input: &PlanInput) -> Result<Plan, FileError> {
     );
     allocator.set_config(Some(config));
 
-    let mut existing = Vec::new();
-    for path in &input.services {
-        existing.extend(
-            files::load_services(path)?
-                .iter()
-                .map(SvcInfo::from_service),
-        );
-    }
-    let mut requests = Vec::new();
-    for path in &input.requests {
-        requests.extend(
-            files::load_services(path)?
-                .iter()
-                .map(SvcInfo::from_service),
-        );
-    }
+    let existing = files::load_svc_infos(&input.services)?;
+    let mut requests = files::load_svc_infos(&input.requests)?;
     allocator.reset_services(&existing);
     if input.requests.is_empty() {
         requests = existing

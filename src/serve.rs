@@ -17,7 +17,6 @@ use crate::config::Config;
 use crate::files;
 use crate::ipam::Family;
 use crate::metrics::Metrics;
-use crate::service::SvcInfo;
 use crate::state::{Allocator, Confirm};
 use crate::webhook::{self, WebhookState};
 
@@ -93,6 +92,7 @@ impl Running {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging();
     let shutdown = CancellationToken::new();
     crate::server::cancel_on_signal(shutdown.clone());
     let running = if args.standalone {
@@ -102,6 +102,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     tracing::info!(webhook = %running.webhook_addr, admin = %running.admin_addr, "serving");
     running.wait().await
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`; `RUST_LOG=kube_vip_webhook=debug`
+/// shows one line per admission decision). A subscriber installed earlier is kept.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never in collected Pod logs.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
 }
 
 /// `serve --standalone`: no cluster; the out-of-the-box demo.
@@ -123,15 +136,7 @@ pub async fn start_standalone(
         configmap.display().to_string(),
     ));
     allocator.set_config(Some(config));
-    let mut existing = Vec::new();
-    for path in &args.services {
-        existing.extend(
-            files::load_services(path)?
-                .iter()
-                .map(SvcInfo::from_service),
-        );
-    }
-    allocator.reset_services(&existing);
+    allocator.reset_services(&files::load_svc_infos(&args.services)?);
 
     let (tls, cert_dir) = match (&args.tls_cert_file, &args.tls_key_file) {
         (Some(cert), Some(key)) => (crate::tls::reloading_server_config(cert, key)?, None),
@@ -149,6 +154,7 @@ pub async fn start_standalone(
         args,
         allocator,
         metrics,
+        None,
         tls,
         readiness.clone(),
         cert_dir,
@@ -162,10 +168,12 @@ pub async fn start_standalone(
 }
 
 /// Bind both ports and spawn the HTTPS webhook and the admin server. Shared by both modes.
+#[allow(clippy::too_many_arguments)]
 pub fn start_servers(
     args: &ServeArgs,
     allocator: Arc<Allocator>,
     metrics: Arc<Metrics>,
+    forward: Option<Arc<crate::cluster::forward::Forwarder>>,
     tls: Arc<rustls::ServerConfig>,
     readiness: Readiness,
     cert_dir: Option<PathBuf>,
@@ -180,15 +188,21 @@ pub fn start_servers(
     let app = webhook::router(WebhookState {
         allocator: allocator.clone(),
         metrics: metrics.clone(),
+        forward,
     });
-    let token = shutdown.clone();
+    // The admin port outlives the webhook drain, so probes see `/readyz` 503 (not a refused
+    // connection) and `/livez` 200 while in-flight admissions finish.
+    let admin_stop = CancellationToken::new();
+    let (token, stop) = (shutdown.clone(), admin_stop.clone());
     tasks.spawn(async move {
+        // Stops the admin port however this task ends (drained, failed, or panicked).
+        let _admin_stop = stop.drop_guard();
         crate::server::serve_https(webhook_listener, tls, app, token, DRAIN)
             .await
             .context("webhook server")
     });
     let admin = crate::admin::router(readiness.clone(), metrics);
-    let token = shutdown.clone();
+    let token = admin_stop;
     tasks.spawn(async move {
         crate::server::serve_http(admin_listener, admin, token, DRAIN)
             .await
@@ -259,4 +273,5 @@ fn print_demo_hint(dir: &Path, addr: SocketAddr) {
         "  curl -s --cacert {}/ca.crt -H 'Content-Type: application/json' \\\n    --data @manifest/examples/admission-review.json https://localhost:{port}/mutate",
         dir.display()
     );
+    println!("  (the patch is base64: append | jq -r .response.patch | base64 -d to read it)");
 }

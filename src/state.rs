@@ -130,6 +130,15 @@ impl Allocator {
         }
         let ips = decision.outcome.ips();
         if ips.is_empty() || matches!(decision.outcome, Outcome::Skipped(_)) {
+            let admitted = matches!(
+                decision.outcome,
+                Outcome::Skipped(_) | Outcome::NoAddress(_)
+            );
+            if self.confirm == Confirm::OnAdmit && admitted && !req.svc.name.is_empty() {
+                // No cache will tell us: the object as admitted is the Service now (a type
+                // change away from LoadBalancer frees its address, SPEC 4.1).
+                inner.index.apply_service(req.svc);
+            }
             return decision;
         }
         let holder_ips: Vec<IpAddr> = ips

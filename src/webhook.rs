@@ -9,9 +9,11 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use jsonptr::PointerBuf;
 use k8s_openapi::api::core::v1::Service;
@@ -19,6 +21,7 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use serde_json::Value;
 
+use crate::cluster::forward::{FORWARDED_HEADER, Forwarder};
 use crate::engine::{Changes, Decision, Outcome};
 use crate::metrics::Metrics;
 use crate::service::SvcInfo;
@@ -35,6 +38,8 @@ const WARNING_MAX: usize = 256;
 pub struct WebhookState {
     pub allocator: Arc<Allocator>,
     pub metrics: Arc<Metrics>,
+    /// Cluster mode with several replicas: send admissions to the lease holder.
+    pub forward: Option<Arc<Forwarder>>,
 }
 
 pub fn router(state: WebhookState) -> Router {
@@ -44,13 +49,39 @@ pub fn router(state: WebhookState) -> Router {
         .with_state(state)
 }
 
-async fn mutate(State(state): State<WebhookState>, body: Bytes) -> Response {
+async fn mutate(State(state): State<WebhookState>, headers: HeaderMap, body: Bytes) -> Response {
     let started = Instant::now();
-    let (review, operation, outcome) = review(&state.allocator, &body, started);
+    let mut defer = None;
+    if let Some(fw) = &state.forward
+        && fw.should_forward()
+        && !headers.contains_key(FORWARDED_HEADER)
+    {
+        match fw.forward(body.clone()).await {
+            Ok(answer) => {
+                state
+                    .metrics
+                    .observe_admission("OTHER", "forwarded", started.elapsed());
+                return (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    answer,
+                )
+                    .into_response();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot forward the admission to the leader; admitting without allocating");
+                defer = Some(format!(
+                    "this replica is not the leader and could not reach it ({e})"
+                ));
+            }
+        }
+    }
+    let (review, operation, outcome) =
+        review_with(&state.allocator, &body, started, defer.as_deref());
     state
         .metrics
         .observe_admission(operation, outcome, started.elapsed());
-    match serde_json::to_vec(&review) {
+    match encode_review(&review) {
         Ok(json) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
@@ -64,11 +95,34 @@ async fn mutate(State(state): State<WebhookState>, body: Bytes) -> Response {
     }
 }
 
+/// The review as the apiserver expects it on the wire. `response.patch` is a Go `[]byte`, whose
+/// JSON form is a base64 string; kube-core serializes the `Vec<u8>` as an array of numbers
+/// (kube-rs/kube#1781), so the patch is re-encoded here.
+pub fn encode_review(review: &AdmissionReview<DynamicObject>) -> serde_json::Result<Vec<u8>> {
+    let mut value = serde_json::to_value(review)?;
+    let patch = review.response.as_ref().and_then(|r| r.patch.as_deref());
+    if let (Some(patch), Some(slot)) = (patch, value.pointer_mut("/response/patch")) {
+        *slot = Value::String(BASE64.encode(patch));
+    }
+    serde_json::to_vec(&value)
+}
+
 /// Answer one raw review body. Returns the review plus the operation and outcome labels for metrics.
 pub fn review(
     allocator: &Allocator,
     body: &[u8],
     now: Instant,
+) -> (AdmissionReview<DynamicObject>, &'static str, &'static str) {
+    review_with(allocator, body, now, None)
+}
+
+/// [`review`], or with `defer`: decide nothing new (reserve nothing, allocate nothing), only
+/// validate user-requested addresses; the reconciler on the leader allocates later.
+pub fn review_with(
+    allocator: &Allocator,
+    body: &[u8],
+    now: Instant,
+    defer: Option<&str>,
 ) -> (AdmissionReview<DynamicObject>, &'static str, &'static str) {
     let parsed: Result<AdmissionReview<Service>, _> = serde_json::from_slice(body);
     let review = match parsed {
@@ -101,15 +155,19 @@ pub fn review(
     };
     let svc = svc_info(object, &req);
     let old = req.old_object.as_ref().map(|o| svc_info(o, &req));
-    let decision = allocator.admit(
+    let mut decision = allocator.admit(
         Request {
             id: &req.uid,
             svc: &svc,
             old: old.as_ref(),
-            dry_run: req.dry_run,
+            dry_run: req.dry_run || defer.is_some(),
         },
         now,
     );
+    if let (Some(why), Outcome::Allocated { .. }) = (defer, &decision.outcome) {
+        decision.outcome = Outcome::NoAddress(format!("{why}; the reconciler assigns one shortly"));
+        decision.changes = Changes::default();
+    }
     tracing::debug!(
         uid = %req.uid, operation, service = %svc.display_name(), dry_run = req.dry_run,
         outcome = decision.outcome.label(), ips = ?decision.outcome.ips(), warnings = ?decision.warnings,

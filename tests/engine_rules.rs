@@ -803,3 +803,27 @@ fn sharing_skips_every_clashing_holder_and_keeps_a_services_own_address() {
     // "one" now holds .3 on 80/TCP (OnAdmit): nothing shareable for port 80 any more.
     assert_eq!(ips(&admit(&a, &svc("n", "two", json!({})))), ["10.0.0.2"]);
 }
+
+#[test]
+fn standalone_update_away_from_load_balancer_frees_the_address() {
+    let a = alloc(&[("range-global", "10.0.0.1-10.0.0.1")]);
+    let s = svc("x", "a", json!({}));
+    assert_eq!(ips(&admit(&a, &s)), ["10.0.0.1"]);
+    let now_cluster_ip = svc(
+        "x",
+        "a",
+        json!({"spec": {"type": "ClusterIP"},
+        "metadata": {"annotations": {"kube-vip.io/loadbalancerIPs": "10.0.0.1"}}}),
+    );
+    let d = a.admit(
+        Request {
+            id: "u",
+            svc: &now_cluster_ip,
+            old: Some(&s),
+            dry_run: false,
+        },
+        Instant::now(),
+    );
+    assert!(matches!(d.outcome, Outcome::Skipped(_)));
+    assert_eq!(ips(&admit(&a, &svc("x", "b", json!({})))), ["10.0.0.1"]);
+}

@@ -6,8 +6,9 @@
 //! * Each install route is rendered as `kubectl apply -k` would (a small kustomize: `resources`
 //!   and JSON 6902 `patches`, all our kustomizations use; anything else is refused) and checked
 //!   for agreement across files: names, namespaces, ports, Secret names, ServiceAccount references.
-//! * RBAC: [`API_CALLS`] lists every call the binary makes; the rules bound to our ServiceAccount
-//!   must allow each of them and nothing beyond.
+//! * RBAC: [`API_CALLS`] (in `support/api_calls.rs`) lists every call the binary makes; the rules
+//!   bound to our ServiceAccount must allow each of them and nothing beyond. `tests/rbac_coverage.rs`
+//!   proves the table against the requests the real code sends to the fake apiserver.
 //!
 //! Every check returns its problems as text, and `checks_catch_broken_manifests` breaks the real
 //! manifests on purpose to prove the checks can fail.
@@ -27,6 +28,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+#[path = "support/api_calls.rs"]
+mod api_calls;
+use api_calls::{API_CALLS, ApiCall, At, For, calls_for};
+
 // ---------------------------------------------------------------------------------------------
 // The fixed names the binary is written against.
 
@@ -40,191 +45,6 @@ const TLS_DIR: &str = "/etc/kube-vip-webhook/tls";
 const SELF_SIGNED_SECRET: &str = "kube-vip-webhook-selfsigned";
 const RUN_AS: i64 = 65532;
 const ROUTES: [&str; 2] = ["cert-manager", "self-signed"];
-
-// ---------------------------------------------------------------------------------------------
-// The API calls the binary makes. A later task replaces this table with the fake apiserver's
-// request log.
-
-/// Where a call lands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum At {
-    /// Across namespaces (a cluster-wide list/watch), or in whatever namespace the object is in.
-    EveryNamespace,
-    /// In this namespace only.
-    In(&'static str),
-    /// A cluster-scoped resource.
-    ClusterScoped,
-}
-
-/// Which install route makes the call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum For {
-    Both,
-    SelfSigned,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct ApiCall {
-    route: For,
-    group: &'static str,
-    resource: &'static str,
-    verb: &'static str,
-    at: At,
-    /// The object name the request carries (in the URL, or in a `metadata.name` field selector
-    /// for list/watch); `None` for create and for calls on arbitrary objects.
-    name: Option<&'static str>,
-}
-
-const fn call(
-    route: For,
-    group: &'static str,
-    resource: &'static str,
-    verb: &'static str,
-    at: At,
-    name: Option<&'static str>,
-) -> ApiCall {
-    ApiCall {
-        route,
-        group,
-        resource,
-        verb,
-        at,
-        name,
-    }
-}
-
-const API_CALLS: &[ApiCall] = &[
-    // Service reflector: every Service in the cluster is the used-address view.
-    call(For::Both, "", "services", "list", At::EveryNamespace, None),
-    call(For::Both, "", "services", "watch", At::EveryNamespace, None),
-    // Reconciler: annotation + label on Services the webhook did not handle.
-    call(For::Both, "", "services", "patch", At::EveryNamespace, None),
-    // The cluster's primary IP family.
-    call(
-        For::Both,
-        "",
-        "services",
-        "get",
-        At::In("default"),
-        Some("kubernetes"),
-    ),
-    // kube-runtime events::Recorder (events.k8s.io/v1), in the namespace of the object.
-    call(
-        For::Both,
-        "events.k8s.io",
-        "events",
-        "create",
-        At::EveryNamespace,
-        None,
-    ),
-    call(
-        For::Both,
-        "events.k8s.io",
-        "events",
-        "patch",
-        At::EveryNamespace,
-        None,
-    ),
-    // The pool ConfigMap, read and watched by name.
-    call(
-        For::Both,
-        "",
-        "configmaps",
-        "get",
-        At::In(NAMESPACE),
-        Some(CONFIG_MAP),
-    ),
-    call(
-        For::Both,
-        "",
-        "configmaps",
-        "list",
-        At::In(NAMESPACE),
-        Some(CONFIG_MAP),
-    ),
-    call(
-        For::Both,
-        "",
-        "configmaps",
-        "watch",
-        At::In(NAMESPACE),
-        Some(CONFIG_MAP),
-    ),
-    // Leader election of the reconciler.
-    call(
-        For::Both,
-        "coordination.k8s.io",
-        "leases",
-        "get",
-        At::In(NAMESPACE),
-        Some(NAME),
-    ),
-    call(
-        For::Both,
-        "coordination.k8s.io",
-        "leases",
-        "update",
-        At::In(NAMESPACE),
-        Some(NAME),
-    ),
-    call(
-        For::Both,
-        "coordination.k8s.io",
-        "leases",
-        "create",
-        At::In(NAMESPACE),
-        None,
-    ),
-    // Self-signed bootstrap: the certificate Secret and our webhook's caBundle.
-    call(
-        For::SelfSigned,
-        "",
-        "secrets",
-        "get",
-        At::In(NAMESPACE),
-        Some(SELF_SIGNED_SECRET),
-    ),
-    call(
-        For::SelfSigned,
-        "",
-        "secrets",
-        "update",
-        At::In(NAMESPACE),
-        Some(SELF_SIGNED_SECRET),
-    ),
-    call(
-        For::SelfSigned,
-        "",
-        "secrets",
-        "create",
-        At::In(NAMESPACE),
-        None,
-    ),
-    call(
-        For::SelfSigned,
-        "admissionregistration.k8s.io",
-        "mutatingwebhookconfigurations",
-        "get",
-        At::ClusterScoped,
-        Some(NAME),
-    ),
-    call(
-        For::SelfSigned,
-        "admissionregistration.k8s.io",
-        "mutatingwebhookconfigurations",
-        "patch",
-        At::ClusterScoped,
-        Some(NAME),
-    ),
-];
-
-fn calls_for(route: &str) -> Vec<ApiCall> {
-    API_CALLS
-        .iter()
-        .filter(|c| c.route == For::Both || (c.route == For::SelfSigned && route == "self-signed"))
-        .copied()
-        .collect()
-}
 
 // ---------------------------------------------------------------------------------------------
 // Strict cert-manager schema (only the fields we use; anything else is refused).
@@ -1928,7 +1748,6 @@ fn cert_manager_route_args_parse_with_the_real_cli() {
 }
 
 #[test]
-#[ignore = "serve has no --self-signed/--cert-secret/--webhook-configuration/--service-name yet (issue 5 bootstrap)"]
 fn self_signed_route_args_parse_with_the_real_cli() {
     parse_serve_args("self-signed").unwrap();
 }
@@ -2070,7 +1889,7 @@ fn checks_catch_broken_manifests() {
         "no resourceNames",
         &r,
         check_route(&r),
-        "grants get /configmaps in kube-system on any object",
+        "grants list /configmaps in kube-system on any object",
     );
     let r = broken(&cm, "Role", NAME, |v| {
         v["rules"].as_array_mut().unwrap().pop();

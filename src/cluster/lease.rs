@@ -16,11 +16,15 @@ use kube::api::PostParams;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// Whether this replica leads, with a signal for every acquisition.
+/// Lease annotation carrying the leader's webhook address, so followers can forward to it.
+pub const ADDRESS_ANNOTATION: &str = "kube-vip-webhook.kube-vip.io/leader-address";
+
+/// Whether this replica leads, with a signal for every acquisition, and where the leader is.
 #[derive(Clone)]
 pub struct LeaderState {
     leading: Arc<AtomicBool>,
     acquired: watch::Sender<u64>,
+    leader_address: Arc<std::sync::RwLock<Option<String>>>,
 }
 
 impl LeaderState {
@@ -29,7 +33,23 @@ impl LeaderState {
         LeaderState {
             leading: Arc::new(AtomicBool::new(always)),
             acquired: watch::Sender::new(0),
+            leader_address: Arc::default(),
         }
+    }
+
+    /// The current leader's advertised webhook address (`host:port`), when another replica leads.
+    pub fn leader_address(&self) -> Option<String> {
+        self.leader_address
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_leader_address(&self, addr: Option<String>) {
+        *self
+            .leader_address
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = addr;
     }
 
     pub fn is_leader(&self) -> bool {
@@ -63,6 +83,8 @@ pub struct LeaseConfig {
     pub identity: String,
     pub lease_duration: Duration,
     pub retry_period: Duration,
+    /// Our webhook address for followers (`podIP:port`); none: followers cannot forward to us.
+    pub advertise: Option<String>,
 }
 
 impl Default for LeaseConfig {
@@ -73,6 +95,7 @@ impl Default for LeaseConfig {
             identity: String::new(),
             lease_duration: Duration::from_secs(15),
             retry_period: Duration::from_secs(2),
+            advertise: None,
         }
     }
 }
@@ -86,7 +109,7 @@ pub async fn run(
     let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
     let mut last_renew: Option<tokio::time::Instant> = None;
     loop {
-        match try_acquire_or_renew(&api, &cfg).await {
+        match try_acquire_or_renew(&api, &cfg, &state).await {
             Ok(true) => {
                 last_renew = Some(tokio::time::Instant::now());
                 state.set(true);
@@ -130,17 +153,37 @@ fn spec_for(
     }
 }
 
+fn metadata_for(cfg: &LeaseConfig, mut meta: ObjectMeta) -> ObjectMeta {
+    let annotations = meta.annotations.get_or_insert_with(Default::default);
+    match &cfg.advertise {
+        Some(a) => {
+            annotations.insert(ADDRESS_ANNOTATION.to_string(), a.clone());
+        }
+        None => {
+            annotations.remove(ADDRESS_ANNOTATION);
+        }
+    }
+    meta
+}
+
 /// Ok(true) when we hold the lease after this call.
-async fn try_acquire_or_renew(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, kube::Error> {
+async fn try_acquire_or_renew(
+    api: &Api<Lease>,
+    cfg: &LeaseConfig,
+    state: &LeaderState,
+) -> Result<bool, kube::Error> {
     let now = Timestamp::now();
     let current = match api.get_opt(&cfg.name).await? {
         None => {
             let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(cfg.name.clone()),
-                    namespace: Some(cfg.namespace.clone()),
-                    ..ObjectMeta::default()
-                },
+                metadata: metadata_for(
+                    cfg,
+                    ObjectMeta {
+                        name: Some(cfg.name.clone()),
+                        namespace: Some(cfg.namespace.clone()),
+                        ..ObjectMeta::default()
+                    },
+                ),
                 spec: Some(spec_for(cfg, now, None, 0)),
             };
             return match api.create(&PostParams::default(), &lease).await {
@@ -159,8 +202,16 @@ async fn try_acquire_or_renew(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<boo
         _ => true,
     };
     if !ours && !holder.is_empty() && !expired {
+        let addr = current
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ADDRESS_ANNOTATION))
+            .cloned();
+        state.set_leader_address(addr);
         return Ok(false);
     }
+    state.set_leader_address(None);
     let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!ours);
     let acquire = if ours {
         spec.acquire_time.clone()
@@ -168,6 +219,7 @@ async fn try_acquire_or_renew(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<boo
         None
     };
     let mut next = current.clone();
+    next.metadata = metadata_for(cfg, next.metadata);
     next.spec = Some(spec_for(cfg, now, acquire, transitions));
     // replace carries metadata.resourceVersion: a concurrent winner makes this a 409.
     match api.replace(&cfg.name, &PostParams::default(), &next).await {
@@ -189,6 +241,9 @@ async fn release(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<(), kube::Error>
     }
     spec.holder_identity = None;
     spec.lease_duration_seconds = Some(1);
+    if let Some(a) = lease.metadata.annotations.as_mut() {
+        a.remove(ADDRESS_ANNOTATION);
+    }
     api.replace(&cfg.name, &PostParams::default(), &lease)
         .await
         .map(|_| ())

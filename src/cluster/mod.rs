@@ -4,6 +4,7 @@
 //! never scans) and the reconciler; one watch over the pool ConfigMap re-parses it only when it
 //! changes. The reconciler runs on the lease holder only; every replica answers admissions.
 
+pub mod forward;
 mod lease;
 mod reconciler;
 mod watches;
@@ -62,6 +63,13 @@ pub struct ClusterArgs {
     /// This pod's name (Lease holder identity, Event reporter instance).
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
+    /// This pod's IP, advertised in the Lease so other replicas forward admissions to the leader.
+    #[arg(long, env = "POD_IP")]
+    pub pod_ip: Option<std::net::IpAddr>,
+    /// CA that signed the serving certificate (files route), to verify the leader when forwarding.
+    /// The self-signed route knows its CA. Without either, followers admit without allocating.
+    #[arg(long, env = "KUBEVIP_WEBHOOK_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
     /// Self-signed route: keep a CA and serving certificate in --cert-secret and patch the
     /// caBundle of --webhook-configuration (instead of --tls-cert-file/--tls-key-file).
     #[arg(long, conflicts_with = "tls_cert_file")]
@@ -124,31 +132,72 @@ pub async fn start_with_client(
         cluster.config_name(),
     ));
 
-    let tls = match (&args.tls_cert_file, &args.tls_key_file, cluster.self_signed) {
-        (Some(cert), Some(key), _) => crate::tls::reloading_server_config(cert, key)?,
-        (_, _, true) => crate::bootstrap::ensure(&client, cluster, shutdown.clone()).await?,
+    let (tls, ca_pem) = match (&args.tls_cert_file, &args.tls_key_file, cluster.self_signed) {
+        (Some(cert), Some(key), _) => {
+            let ca = match &cluster.tls_ca_file {
+                Some(p) => {
+                    Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?)
+                }
+                None => None,
+            };
+            (crate::tls::reloading_server_config(cert, key)?, ca)
+        }
+        (_, _, true) => {
+            let boot = crate::bootstrap::ensure_with(
+                &client,
+                crate::bootstrap::BootstrapConfig::from_args(cluster),
+                shutdown.clone(),
+            )
+            .await?;
+            let ca = boot.status.borrow().ca_bundle.clone();
+            (boot.server_config, Some(ca))
+        }
         _ => {
             anyhow::bail!("cluster mode needs --tls-cert-file and --tls-key-file, or --self-signed")
         }
     };
     let readiness = Readiness::default();
     let metrics = Arc::new(Metrics::new(allocator.clone()));
+    let leader = LeaderState::new(!cluster.leader_elect);
+    let forward = match (cluster.leader_elect, ca_pem) {
+        (true, Some(ca)) => Some(Arc::new(forward::Forwarder::new(
+            leader.clone(),
+            ca,
+            format!("{}.{}.svc", cluster.service_name, cluster.pod_namespace),
+        ))),
+        (true, None) => {
+            tracing::warn!(
+                "leader election without a CA to verify the leader (--tls-ca-file): followers admit \
+                 without allocating and the leader's reconciler assigns addresses"
+            );
+            Some(Arc::new(forward::Forwarder::new(
+                leader.clone(),
+                Vec::new(),
+                String::new(),
+            )))
+        }
+        (false, _) => None,
+    };
     let mut running = start_servers(
         args,
         allocator.clone(),
         metrics.clone(),
+        forward,
         tls,
         readiness.clone(),
         None,
         shutdown.clone(),
     )?;
 
-    let leader = LeaderState::new(!cluster.leader_elect);
     if cluster.leader_elect {
+        let port = running.webhook_addr.port();
         let lease = lease::LeaseConfig {
             namespace: cluster.pod_namespace.clone(),
             name: cluster.lease_name.clone(),
             identity: cluster.identity(),
+            advertise: cluster
+                .pod_ip
+                .map(|ip| std::net::SocketAddr::new(ip, port).to_string()),
             ..lease::LeaseConfig::default()
         };
         running.spawn(lease::run(

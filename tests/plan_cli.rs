@@ -1,0 +1,117 @@
+//! `kube-vip-webhook plan` as a user runs it: the real binary, the example files.
+
+use std::process::Command;
+
+fn plan(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kube-vip-webhook"))
+        .arg("plan")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
+}
+
+const CM: &str = "manifest/examples/kubevip-configmap.yaml";
+
+#[test]
+fn json_plan_of_the_examples() {
+    let out = plan(&[
+        "--configmap",
+        CM,
+        "--services",
+        "manifest/examples/services.yaml",
+        "--request",
+        "manifest/examples/new-services.yaml",
+        "-o",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let results = v["results"].as_array().unwrap();
+    let by_name = |n: &str| results.iter().find(|r| r["name"] == n).unwrap().clone();
+    // .200 (annotation) and .201 (pinned spec.loadBalancerIP) are taken.
+    assert_eq!(by_name("web")["ips"], serde_json::json!(["192.168.10.202"]));
+    assert_eq!(
+        by_name("web")["annotations"]["kube-vip.io/loadbalancerIPs"],
+        "192.168.10.202"
+    );
+    assert_eq!(by_name("web")["labels"]["implementation"], "kube-vip");
+    assert_eq!(by_name("web")["error"], serde_json::Value::Null);
+    // RequireDualStack, IPv6 first.
+    assert_eq!(
+        by_name("api")["ips"],
+        serde_json::json!(["fd00:20::", "10.20.0.1"])
+    );
+    // UDP 53 shares with the TCP 53 holder.
+    assert_eq!(by_name("dns-udp")["ips"], serde_json::json!(["10.30.0.1"]));
+    // Clashing pinned address: no address, the reason names the holder.
+    let clash = by_name("clash");
+    assert_eq!(clash["ips"], serde_json::json!([]));
+    assert!(clash["error"].as_str().unwrap().contains("default/ingress"));
+    let pools = v["pools"].as_array().unwrap();
+    let global = pools.iter().find(|p| p["key"] == "range-global").unwrap();
+    assert_eq!(
+        (
+            global["size"].as_u64(),
+            global["used"].as_u64(),
+            global["free"].as_u64()
+        ),
+        (Some(11), Some(3), Some(8))
+    );
+    assert_eq!(v["config_errors"], serde_json::json!([]));
+}
+
+#[test]
+fn reconciler_mode_without_requests_and_table_output() {
+    let out = plan(&[
+        "--configmap",
+        CM,
+        "--services",
+        "manifest/examples/services.yaml",
+    ]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    // Only the Service without an address is decided.
+    assert!(
+        text.contains("waiting") && text.contains("192.168.10.202"),
+        "{text}"
+    );
+    assert!(!text.contains("legacy-pinned"), "{text}");
+    assert!(
+        text.contains("POOL") && text.contains("range-global"),
+        "{text}"
+    );
+}
+
+#[test]
+fn unreadable_input_is_the_only_failure() {
+    let out = plan(&["--configmap", "does/not/exist.yaml"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does/not/exist.yaml"));
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "kind: [unclosed").unwrap();
+    let out = plan(&["--configmap", CM, "--services", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not valid YAML or JSON"));
+    // An exhausted pool is a result, not a failure.
+    let cm = dir.path().join("cm.yaml");
+    std::fs::write(
+        &cm,
+        "kind: ConfigMap\ndata:\n  range-global: 10.0.0.1-10.0.0.1\n",
+    )
+    .unwrap();
+    let out = plan(&[
+        "--configmap",
+        cm.to_str().unwrap(),
+        "--request",
+        "manifest/examples/new-services.yaml",
+        "-o",
+        "json",
+    ]);
+    assert!(out.status.success());
+}
