@@ -48,15 +48,18 @@ pub struct Holder {
     pub ports: Arc<[PortKey]>,
 }
 
+/// The index's maps: keys are addresses and Service names, hashed on every admission.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Debug, Default)]
 pub struct UsedIndex {
-    by_addr: HashMap<IpAddr, Vec<Holder>>,
-    by_holder: HashMap<HolderId, Vec<IpAddr>>,
+    by_addr: Map<IpAddr, Vec<Holder>>,
+    by_holder: Map<HolderId, Vec<IpAddr>>,
     addrs: UsedAddrs,
     /// Used addresses by the (port, protocol) pairs their holders occupy, so that sharing jumps
     /// over clashing addresses instead of checking every holder.
     clash: KeyedRuns<ClashKey>,
-    malformed: HashMap<ServiceKey, usize>,
+    malformed: Map<ServiceKey, usize>,
     malformed_total: usize,
 }
 

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admission;
 pub mod bootstrap;
 pub mod cli;
 pub mod cluster;

@@ -51,7 +51,7 @@ struct Inner {
     config: Arc<Config>,
     config_present: bool,
     index: UsedIndex,
-    reservations: HashMap<Arc<str>, Reservation>,
+    reservations: HashMap<Arc<str>, Reservation, foldhash::fast::RandomState>,
     expiry: VecDeque<(Instant, Arc<str>)>,
 }
 

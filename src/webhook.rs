@@ -99,6 +99,9 @@ async fn mutate(State(state): State<WebhookState>, headers: HeaderMap, body: Byt
 /// JSON form is a base64 string; kube-core serializes the `Vec<u8>` as an array of numbers
 /// (kube-rs/kube#1781), so the patch is re-encoded here.
 pub fn encode_review(review: &AdmissionReview<DynamicObject>) -> serde_json::Result<Vec<u8>> {
+    if let Some(json) = crate::admission::encode_answer(review) {
+        return json;
+    }
     let mut value = serde_json::to_value(review)?;
     let patch = review.response.as_ref().and_then(|r| r.patch.as_deref());
     if let (Some(patch), Some(slot)) = (patch, value.pointer_mut("/response/patch")) {
@@ -124,7 +127,7 @@ pub fn review_with(
     now: Instant,
     defer: Option<&str>,
 ) -> (AdmissionReview<DynamicObject>, &'static str, &'static str) {
-    let parsed: Result<AdmissionReview<Service>, _> = serde_json::from_slice(body);
+    let parsed = crate::admission::decode_service_review(body);
     let review = match parsed {
         Ok(r) => r,
         Err(e) => return (not_a_service_review(body, e), "OTHER", "invalid"),

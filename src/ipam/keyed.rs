@@ -31,13 +31,13 @@ use super::{AddressSet, Family, SearchOrder, UsedAddrs, from_u128, is_filtered_v
 /// membership and of used-ness, in the order the methods describe.
 #[derive(Clone, Debug)]
 pub struct KeyedRuns<K> {
-    keys: HashMap<K, Families>,
+    keys: HashMap<K, Families, foldhash::fast::RandomState>,
 }
 
 impl<K> Default for KeyedRuns<K> {
     fn default() -> Self {
         KeyedRuns {
-            keys: HashMap::new(),
+            keys: HashMap::default(),
         }
     }
 }
