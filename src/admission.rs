@@ -8,6 +8,9 @@
 //! with exactly the fields `watches::strip_service` keeps for the cache. The rules about what a
 //! field means stay in `service::SvcInfo::from_service`.
 //!
+//! The cluster-mode watch decodes Services the same way ([`LeanService`]): the initial list of 100k
+//! Services would otherwise build every managedFields tree only to strip it.
+//!
 //! Answers are encoded in one pass too, with the patch as the base64 string the apiserver reads
 //! (see `webhook::encode_review`).
 //!
@@ -314,6 +317,50 @@ impl WireService {
             spec,
             status,
         }
+    }
+}
+
+/// A Service decoded keeping only what allocation reads (the fields `watches::strip_service`
+/// keeps), for watching Services. Same API identity as `Service`.
+#[derive(Clone, Debug)]
+pub struct LeanService(pub Service);
+
+impl<'de> Deserialize<'de> for LeanService {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        WireService::deserialize(d).map(|w| LeanService(w.into_service()))
+    }
+}
+
+impl kube::Resource for LeanService {
+    type DynamicType = ();
+    type Scope = <Service as kube::Resource>::Scope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        <Service as kube::Resource>::kind(dt)
+    }
+
+    fn group(dt: &()) -> Cow<'_, str> {
+        <Service as kube::Resource>::group(dt)
+    }
+
+    fn version(dt: &()) -> Cow<'_, str> {
+        <Service as kube::Resource>::version(dt)
+    }
+
+    fn api_version(dt: &()) -> Cow<'_, str> {
+        <Service as kube::Resource>::api_version(dt)
+    }
+
+    fn plural(dt: &()) -> Cow<'_, str> {
+        <Service as kube::Resource>::plural(dt)
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.0.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.0.metadata
     }
 }
 

@@ -107,7 +107,11 @@ impl UsedIndex {
                     }
                 }
             }
-            let list = self.by_addr.entry(*ip).or_default();
+            // Most addresses have one holder: no spare capacity (at 100k Services it adds up).
+            let list = self
+                .by_addr
+                .entry(*ip)
+                .or_insert_with(|| Vec::with_capacity(1));
             for key in holder.clash_keys() {
                 if !list.iter().any(|h| h.has_clash_key(key)) {
                     self.clash.insert(&key, *ip, &self.addrs);

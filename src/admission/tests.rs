@@ -284,3 +284,43 @@ fn answers_encode_like_kube_with_a_base64_patch() {
         serde_json::from_slice(&body).unwrap();
     assert!(super::encode_answer(&not_an_answer).is_none());
 }
+
+/// What cluster mode reads of a watched Service.
+fn watched(s: &Service) -> Value {
+    let p = Present::of(s);
+    json!({
+        "info": format!("{:?}", SvcInfo::from_service(s)),
+        "present": [p.annotations, p.labels],
+        "uid": s.metadata.uid, "rv": s.metadata.resource_version,
+        "name": s.metadata.name, "namespace": s.metadata.namespace,
+    })
+}
+
+proptest! {
+    #[test]
+    fn watched_services_decode_the_same(mut object in arb_object(), uid in opt("[a-f0-9-]{1,8}"), rv in opt("[0-9]{1,6}")) {
+        if let Some(u) = uid { object["metadata"]["uid"] = json!(u); }
+        if let Some(r) = rv { object["metadata"]["resourceVersion"] = json!(r); }
+        let full: Service = serde_json::from_value(object.clone()).unwrap();
+        let lean: super::LeanService = serde_json::from_value(object).unwrap();
+        prop_assert_eq!(watched(&lean.0), watched(&full));
+    }
+}
+
+#[test]
+fn a_watched_list_decodes_lean() {
+    // As list pages and watch events carry them: items without apiVersion/kind, events with.
+    let mut item = realistic();
+    item.as_object_mut().unwrap().remove("kind");
+    item.as_object_mut().unwrap().remove("apiVersion");
+    let list: kube::core::ObjectList<super::LeanService> = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ServiceList", "metadata": {"resourceVersion": "7"},
+        "items": [item, realistic()]
+    }))
+    .unwrap();
+    let full: Service = serde_json::from_value(realistic()).unwrap();
+    for s in &list.items {
+        assert_eq!(watched(&s.0), watched(&full));
+    }
+    assert!(serde_json::from_value::<super::LeanService>(json!({"kind": "Pod"})).is_err());
+}

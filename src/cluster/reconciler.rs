@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::ClusterArgs;
 use super::lease::LeaderState;
 use super::watches::{Synced, parse_config, service_stream};
-use crate::engine::Outcome;
+use crate::engine::{Options, Outcome};
 use crate::metrics::Metrics;
 use crate::service::SvcInfo;
 use crate::state::{Allocator, Request};
@@ -275,18 +275,15 @@ pub async fn run(
     let (reader, writer) = reflector::store();
     let index_ctx = ctx.clone();
     let sync = synced.clone();
-    let allocator = ctx.allocator.clone();
+    let options = ctx.allocator.options().clone();
     let stream = service_stream(client)
-        .reflect(writer)
+        // Every event feeds the used-address index first.
         .inspect_ok(move |ev| index_ctx.index_event(ev, &sync))
-        .applied_objects()
-        // Only Services that still need an address reach the controller.
-        .try_filter(move |svc| {
-            let needs = allocator
-                .options()
-                .needs_allocation(&SvcInfo::from_service(svc));
-            std::future::ready(needs)
-        });
+        // The controller's store keeps only Services that still need an address: a cache of
+        // every Service would be most of our memory at 100k Services, and nothing else reads it.
+        .try_filter_map(move |ev| std::future::ready(Ok(pending_only(ev, &options))))
+        .reflect(writer)
+        .applied_objects();
     let wake_rx = lock(&ctx.wake_rx).take();
     let wake = futures::stream::unfold(wake_rx, |rx| async move {
         let mut rx = rx?;
@@ -307,6 +304,18 @@ pub async fn run(
         })
         .await;
     Ok(())
+}
+
+/// The event as the reconciler's store sees it: a Service that does not need an address (has
+/// one, or is not ours) leaves the store (a delete of an absent object is a no-op) and is never
+/// reconciled; during a (re)list it is simply not listed.
+fn pending_only(ev: watcher::Event<Service>, options: &Options) -> Option<watcher::Event<Service>> {
+    let needs = |svc: &Service| options.needs_allocation(&SvcInfo::from_service(svc));
+    match ev {
+        watcher::Event::InitApply(svc) if !needs(&svc) => None,
+        watcher::Event::Apply(svc) if !needs(&svc) => Some(watcher::Event::Delete(svc)),
+        other => Some(other),
+    }
 }
 
 async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::TryStreamExt;
+
+use crate::admission::LeanService;
 use k8s_openapi::api::core::v1::{
     ConfigMap, LoadBalancerIngress, LoadBalancerStatus, Service, ServicePort, ServiceSpec,
     ServiceStatus,
@@ -164,12 +166,24 @@ pub fn strip_service(svc: &mut Service) {
     });
 }
 
-/// A watch stream of Services, stripped, with the index fed from every event.
+/// A watch stream of Services, stripped. Decoded lean ([`LeanService`]): only the kept fields are
+/// read from the apiserver's JSON at all; the strip afterwards normalizes the shape.
 pub fn service_stream(
     client: kube::Client,
 ) -> impl futures::Stream<Item = Result<watcher::Event<Service>, watcher::Error>> + Send {
-    let api: Api<Service> = Api::all(client);
+    let api: Api<LeanService> = Api::all(client);
     watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
+        .map_ok(unwrap_lean)
         .modify(strip_service)
+}
+
+fn unwrap_lean(ev: watcher::Event<LeanService>) -> watcher::Event<Service> {
+    match ev {
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(s) => watcher::Event::InitApply(s.0),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+        watcher::Event::Apply(s) => watcher::Event::Apply(s.0),
+        watcher::Event::Delete(s) => watcher::Event::Delete(s.0),
+    }
 }

@@ -1,0 +1,376 @@
+//! Cluster mode against 100k LoadBalancer Services served by the fake apiserver: initial sync time,
+//! memory of the caches, and how fast a watch event reaches the used-address index.
+//!
+//! Every measurement runs in a fresh process (this binary re-executes itself), so that nothing a
+//! previous run allocated is still resident. Two setups:
+//! * `separate`: the fake apiserver is another process, reached over TCP; this process holds only
+//!   cluster mode, so its RSS is ours alone.
+//! * `in-process`: the fake runs inside this process (`FakeApiServer::client()`); its store is
+//!   subtracted by measuring RSS after loading it and before starting cluster mode. Buffers the
+//!   fake allocates while serving the LIST are counted against us, so this is an upper bound.
+//!
+//! `cargo bench --bench cache_scale` prints the table; without `--bench` (as `cargo test --benches`
+//! runs it) a small smoke run checks that sync and events work, without timing claims.
+
+#[path = "../tests/support/fake_apiserver.rs"]
+mod fake_apiserver;
+#[path = "cache_scale/objects.rs"]
+mod objects;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use k8s_openapi::api::core::v1::Service;
+use kube::Api;
+use kube::api::PostParams;
+use kube::core::GroupVersionResource;
+use kube_vip_webhook::cli::{Cli, Command as CliCommand};
+use kube_vip_webhook::serve::{Running, ServeArgs};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use fake_apiserver::FakeApiServer;
+
+/// How long any wait may take before the run is declared failed (not a timing claim).
+const GIVE_UP: Duration = Duration::from_secs(120);
+const EVENTS: u64 = 20;
+/// After readiness: let the reconciler's pass over every Service (on becoming leader) finish.
+const SETTLE: Duration = Duration::from_secs(3);
+
+fn rss_kib_of(status: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Resident memory of this process, bytes.
+fn rss() -> u64 {
+    rss_kib_of(&std::fs::read_to_string("/proc/self/status").unwrap_or_default()) * 1024
+}
+
+fn rss_of(pid: u32) -> u64 {
+    rss_kib_of(&std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default()) * 1024
+}
+
+/// CPU time of every thread of this process so far.
+fn cpu() -> Duration {
+    let mut ns = 0u64;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for t in tasks.flatten() {
+            let stat = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+            ns += stat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(ns)
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn services_gvr() -> GroupVersionResource {
+    GroupVersionResource::gvr("", "v1", "services")
+}
+
+/// A fake apiserver holding the pool ConfigMap and `n` Services.
+fn loaded_fake(n: u64) -> FakeApiServer {
+    let fake = FakeApiServer::new();
+    fake.insert_value(
+        &GroupVersionResource::gvr("", "v1", "configmaps"),
+        objects::configmap(),
+    )
+    .expect("insert ConfigMap");
+    let gvr = services_gvr();
+    for i in 0..n {
+        fake.insert_value(&gvr, objects::service(i, objects::address(i)))
+            .expect("insert Service");
+    }
+    fake
+}
+
+fn serve_args(dir: &std::path::Path) -> ServeArgs {
+    let tls = kube_vip_webhook::tls::generate_self_signed(
+        &["localhost".into()],
+        Duration::from_secs(3600),
+    )
+    .expect("certificate");
+    std::fs::write(dir.join("tls.crt"), &tls.cert_pem).expect("write cert");
+    std::fs::write(dir.join("tls.key"), &tls.key_pem).expect("write key");
+    let cert = dir.join("tls.crt").display().to_string();
+    let key = dir.join("tls.key").display().to_string();
+    let argv = [
+        "kube-vip-webhook",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--default-ip-family",
+        "IPv4",
+        "--pod-name",
+        "bench-0",
+    ];
+    match Cli::try_parse_from(argv).expect("serve flags").command {
+        CliCommand::Serve(a) => *a,
+        CliCommand::Plan(_) => unreachable!("serve was parsed"),
+    }
+}
+
+async fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !ready() {
+        assert!(started.elapsed() < GIVE_UP, "gave up waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    started.elapsed()
+}
+
+/// Start cluster mode on `client`, wait for readiness, then time watch events.
+async fn measure_ours(
+    client: kube::Client,
+    n: u64,
+    mut out: serde_json::Map<String, Value>,
+) -> Value {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let args = serve_args(dir.path());
+    let before = rss();
+    let cpu_before = cpu();
+    let started = Instant::now();
+    let running: Running = kube_vip_webhook::cluster::start_with_client(
+        &args,
+        client.clone(),
+        CancellationToken::new(),
+    )
+    .await
+    .expect("cluster mode starts");
+    let readiness = running.readiness.clone();
+    wait_for("readiness", || readiness.is_ready()).await;
+    let sync = started.elapsed();
+    let cpu_sync = cpu().saturating_sub(cpu_before);
+    let after_sync = rss();
+    assert_eq!(
+        running.allocator.used_count() as u64,
+        n,
+        "every Service's address is in the index"
+    );
+    // The smoke run (few Services) has nothing to settle.
+    tokio::time::sleep(if n >= 10_000 {
+        SETTLE
+    } else {
+        Duration::from_millis(100)
+    })
+    .await;
+    let settled = rss();
+
+    // Watch events: a new annotated Service created through the API, until the index holds it.
+    let api: Api<Service> = Api::namespaced(client, "events");
+    let mut latencies = Vec::new();
+    for e in 0..EVENTS {
+        let ip = objects::address(n + 1000 + e);
+        let mut obj = objects::service(n + 1000 + e, ip);
+        obj["metadata"]["namespace"] = json!("events");
+        let svc: Service = serde_json::from_value(obj).expect("Service");
+        let allocator = running.allocator.clone();
+        let t = Instant::now();
+        api.create(&PostParams::default(), &svc)
+            .await
+            .expect("create");
+        while allocator.holders_of(ip).is_empty() {
+            assert!(t.elapsed() < GIVE_UP, "the index never saw {ip}");
+            tokio::task::yield_now().await;
+        }
+        latencies.push(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    latencies.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    running.shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), running.wait()).await;
+    out.insert("n".into(), json!(n));
+    out.insert("sync_s".into(), json!(sync.as_secs_f64()));
+    out.insert("cpu_sync_s".into(), json!(cpu_sync.as_secs_f64()));
+    out.insert("rss_before".into(), json!(before));
+    out.insert("rss_after_sync".into(), json!(after_sync));
+    out.insert("rss_settled".into(), json!(settled));
+    out.insert(
+        "event_p50_ms".into(),
+        json!(ms(latencies[latencies.len() / 2])),
+    );
+    out.insert(
+        "event_max_ms".into(),
+        json!(ms(latencies[latencies.len() - 1])),
+    );
+    Value::Object(out)
+}
+
+/// `--measure separate N`: the fake in a child process, over TCP.
+async fn measure_separate(n: u64) -> Value {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut child = Command::new(exe)
+        .args(["--fake-apiserver", &n.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the fake apiserver process");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("child stdout"))
+        .read_line(&mut line)
+        .expect("fake apiserver address");
+    let url = line
+        .trim()
+        .strip_prefix("READY ")
+        .expect("READY <url>")
+        .to_string();
+    let config = kube::Config::new(url.parse().expect("url"));
+    let client = kube::Client::try_from(config).expect("client");
+    let mut out = serde_json::Map::new();
+    out.insert("mode".into(), json!("separate"));
+    let mut result = measure_ours(client, n, out).await;
+    result["fake_rss"] = json!(rss_of(child.id()));
+    drop(child.stdin.take()); // the fake exits when its stdin closes
+    let _ = child.wait();
+    result
+}
+
+/// `--measure in-process N`: the fake in this process.
+async fn measure_in_process(n: u64) -> Value {
+    let empty = rss();
+    let fake = loaded_fake(n);
+    let loaded = rss();
+    let mut out = serde_json::Map::new();
+    out.insert("mode".into(), json!("in-process"));
+    out.insert("rss_empty".into(), json!(empty));
+    out.insert("fake_rss".into(), json!(loaded.saturating_sub(empty)));
+    let client = fake.client();
+    let result = measure_ours(client, n, out).await;
+    drop(fake);
+    result
+}
+
+/// `--fake-apiserver N`: serve N Services over TCP until stdin closes.
+fn fake_process(rt: &tokio::runtime::Runtime, n: u64) {
+    let fake = loaded_fake(n);
+    let tcp = rt.block_on(fake.serve_tcp()).expect("serve the fake");
+    println!("READY {}", tcp.url());
+    std::io::stdout().flush().expect("stdout");
+    let mut sink = String::new();
+    while std::io::stdin()
+        .read_line(&mut sink)
+        .map(|r| r > 0)
+        .unwrap_or(false)
+    {}
+    drop(tcp);
+}
+
+/// Run one measurement in a fresh process and read its result line.
+fn in_child(mode: &str, n: u64) -> Value {
+    let exe = std::env::current_exe().expect("current exe");
+    let out = Command::new(exe)
+        .args(["--measure", mode, &n.to_string()])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run the measurement");
+    assert!(out.status.success(), "{mode} measurement failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .expect("RESULT line");
+    serde_json::from_str(line).expect("result JSON")
+}
+
+fn print_table(results: &[Value]) {
+    let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+    println!();
+    println!(
+        "{:<11} {:>8} {:>8} {:>9} {:>10} {:>10} {:>9} {:>9} {:>10} {:>10} {:>9}",
+        "fake",
+        "services",
+        "sync s",
+        "CPU s",
+        "RSS MiB",
+        "settled",
+        "B/svc",
+        "fake MiB",
+        "event p50",
+        "event max",
+        "targets"
+    );
+    for r in results {
+        let n = f(r, "n");
+        let grown = f(r, "rss_after_sync") - f(r, "rss_before");
+        let settled = f(r, "rss_settled") - f(r, "rss_before");
+        let ok = mib(grown.max(settled) as u64) <= 150.0 && f(r, "sync_s") < 5.0;
+        println!(
+            "{:<11} {:>8.0} {:>8.2} {:>9.2} {:>10.1} {:>10.1} {:>9.0} {:>9.0} {:>8.1}ms {:>8.1}ms {:>9}",
+            r["mode"].as_str().unwrap_or("?"),
+            n,
+            f(r, "sync_s"),
+            f(r, "cpu_sync_s"),
+            mib(grown as u64),
+            mib(settled as u64),
+            settled.max(grown) / n.max(1.0),
+            mib(f(r, "fake_rss") as u64),
+            f(r, "event_p50_ms"),
+            f(r, "event_max_ms"),
+            if ok { "met" } else { "MISSED" }
+        );
+    }
+    println!(
+        "RSS = growth of this process from before cluster mode starts to readiness (settled: {SETTLE:?} later, \
+         after the leader's pass over every Service); targets: RSS <= 150 MiB, sync < 5 s; \
+         CPU = all threads of the measuring process during sync (in-process: the fake's too); \
+         event = create through the API -> index holds the address ({EVENTS} events)"
+    );
+}
+
+fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let number = |i: usize| -> u64 { args.get(i).and_then(|v| v.parse().ok()).expect("count") };
+    match args.first().map(String::as_str) {
+        Some("--fake-apiserver") => return fake_process(&rt, number(1)),
+        Some("--measure") => {
+            let n = number(2);
+            let result = match args.get(1).map(String::as_str) {
+                Some("separate") => rt.block_on(measure_separate(n)),
+                _ => rt.block_on(measure_in_process(n)),
+            };
+            println!("RESULT {result}");
+            return;
+        }
+        _ => {}
+    }
+    let bench = args.iter().any(|a| a == "--bench");
+    let n = if bench { 100_000 } else { 300 };
+    let results: Vec<Value> = ["separate", "in-process"]
+        .iter()
+        .map(|mode| {
+            let r = in_child(mode, n);
+            eprintln!(
+                "  {mode}: synced {n} Services in {:.2} s",
+                r["sync_s"].as_f64().unwrap_or(0.0)
+            );
+            r
+        })
+        .collect();
+    print_table(&results);
+}
