@@ -36,7 +36,7 @@ use fake_apiserver::FakeApiServer;
 /// How long any wait may take before the run is declared failed (not a timing claim).
 const GIVE_UP: Duration = Duration::from_secs(120);
 const EVENTS: u64 = 20;
-/// After readiness: let the reconciler's pass over every Service (on becoming leader) finish.
+/// After readiness: let the leader's reconcile pass and the freeing of the list's buffers finish.
 const SETTLE: Duration = Duration::from_secs(3);
 
 fn rss_kib_of(status: &str) -> u64 {
@@ -330,8 +330,7 @@ fn print_table(results: &[Value]) {
         );
     }
     println!(
-        "RSS = growth of this process from before cluster mode starts to readiness (settled: {SETTLE:?} later, \
-         after the leader's pass over every Service); targets: RSS <= 150 MiB, sync < 5 s; \
+        "RSS = growth of this process from before cluster mode starts to readiness (settled: {SETTLE:?} later); targets: RSS <= 150 MiB, sync < 5 s; \
          CPU = all threads of the measuring process during sync (in-process: the fake's too); \
          event = create through the API -> index holds the address ({EVENTS} events)"
     );

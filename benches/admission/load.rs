@@ -13,8 +13,12 @@ pub const H2_STREAMS: usize = 16;
 
 #[derive(Clone, Copy, Debug)]
 pub enum Http {
+    /// HTTP/1.1, `H1_CONNECTIONS` connections (saturating).
     One,
+    /// HTTP/2, `H2_CONNECTIONS` x `H2_STREAMS` (saturating).
     Two,
+    /// HTTP/1.1, one connection, one request at a time: the unsaturated case.
+    Single,
 }
 
 impl Http {
@@ -22,7 +26,13 @@ impl Http {
         match self {
             Http::One => "h1.1",
             Http::Two => "h2",
+            Http::Single => "1conn",
         }
+    }
+
+    /// Whether this load saturates the machine.
+    pub fn saturating(self) -> bool {
+        !matches!(self, Http::Single)
     }
 }
 
@@ -135,6 +145,7 @@ impl Load {
         let (connections, streams) = match http {
             Http::One => (H1_CONNECTIONS, 1),
             Http::Two => (H2_CONNECTIONS, H2_STREAMS),
+            Http::Single => (1, 1),
         };
         let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("CA PEM");
         let clients = (0..connections)
@@ -146,7 +157,7 @@ impl Load {
                     .pool_max_idle_per_host(usize::MAX)
                     .timeout(Duration::from_secs(10));
                 match http {
-                    Http::One => b.http1_only(),
+                    Http::One | Http::Single => b.http1_only(),
                     Http::Two => b.http2_prior_knowledge(),
                 }
                 .build()
