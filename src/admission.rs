@@ -5,7 +5,7 @@
 //! the full `Service` then builds every label, annotation (the last-applied configuration is often
 //! the largest field), managedFields entry and selector. Here the same review is decoded in one
 //! pass that skips everything the webhook never reads, into kube's own types, holding a `Service`
-//! with exactly the fields `watches::strip_service` keeps for the cache. The rules about what a
+//! with exactly the fields the Service cache keeps. The rules about what a
 //! field means stay in `service::SvcInfo::from_service`.
 //!
 //! The cluster-mode watch decodes Services the same way ([`LeanService`]): the initial list of 100k
@@ -320,8 +320,8 @@ impl WireService {
     }
 }
 
-/// A Service decoded keeping only what allocation reads (the fields `watches::strip_service`
-/// keeps), for watching Services. Same API identity as `Service`.
+/// A Service decoded keeping only what allocation and the reconciler read, for watching
+/// Services (the cache holds nothing else). Same API identity as `Service`.
 #[derive(Clone, Debug)]
 pub struct LeanService(pub Service);
 

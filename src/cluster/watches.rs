@@ -5,13 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::TryStreamExt;
-
-use crate::admission::LeanService;
-use k8s_openapi::api::core::v1::{
-    ConfigMap, LoadBalancerIngress, LoadBalancerStatus, Service, ServicePort, ServiceSpec,
-    ServiceStatus,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio_util::sync::CancellationToken;
@@ -19,10 +13,8 @@ use tokio_util::sync::CancellationToken;
 use super::ClusterArgs;
 use super::reconciler::Context;
 use crate::admin::Readiness;
+use crate::admission::LeanService;
 use crate::config::Config;
-use crate::service::{
-    IMPLEMENTATION_LABEL, INTERFACE_ANNOTATION, LB_IPS_ANNOTATION, REQUESTED_IP_ANNOTATION,
-};
 
 /// Readiness once both caches have synced (and never again after shutdown began).
 #[derive(Clone)]
@@ -104,70 +96,9 @@ pub fn parse_config(cm: Option<&ConfigMap>) -> Option<Config> {
     cm.map(|cm| Config::from_data(cm.data.as_ref().unwrap_or(&BTreeMap::new())))
 }
 
-/// Keep only what allocation and the reconciler read: at 100k Services the cache is most of
-/// our memory, and managedFields, selectors, cluster IPs and foreign annotations are most of a Service.
-pub fn strip_service(svc: &mut Service) {
-    let meta = std::mem::take(&mut svc.metadata);
-    let keep_annotation = |k: &String| {
-        k == LB_IPS_ANNOTATION || k == REQUESTED_IP_ANNOTATION || k == INTERFACE_ANNOTATION
-    };
-    svc.metadata = ObjectMeta {
-        name: meta.name,
-        namespace: meta.namespace,
-        uid: meta.uid,
-        resource_version: meta.resource_version,
-        generate_name: meta.generate_name,
-        // Presence of the maps is kept: the JSON patch must know whether to create them.
-        annotations: meta
-            .annotations
-            .map(|a| a.into_iter().filter(|(k, _)| keep_annotation(k)).collect()),
-        labels: meta.labels.map(|l| {
-            l.into_iter()
-                .filter(|(k, _)| k == IMPLEMENTATION_LABEL)
-                .collect()
-        }),
-        ..ObjectMeta::default()
-    };
-    svc.spec = svc.spec.take().map(|s| ServiceSpec {
-        type_: s.type_,
-        load_balancer_class: s.load_balancer_class,
-        load_balancer_ip: s.load_balancer_ip,
-        ip_families: s.ip_families,
-        ip_family_policy: s.ip_family_policy,
-        ports: s.ports.map(|ports| {
-            ports
-                .into_iter()
-                .map(|p| ServicePort {
-                    port: p.port,
-                    protocol: p.protocol,
-                    ..ServicePort::default()
-                })
-                .collect()
-        }),
-        ..ServiceSpec::default()
-    });
-    svc.status = svc.status.take().and_then(|st| {
-        let ingress: Vec<LoadBalancerIngress> = st
-            .load_balancer?
-            .ingress?
-            .into_iter()
-            .filter(|i| i.ip.is_some())
-            .map(|i| LoadBalancerIngress {
-                ip: i.ip,
-                ..LoadBalancerIngress::default()
-            })
-            .collect();
-        (!ingress.is_empty()).then(|| ServiceStatus {
-            load_balancer: Some(LoadBalancerStatus {
-                ingress: Some(ingress),
-            }),
-            ..ServiceStatus::default()
-        })
-    });
-}
-
-/// A watch stream of Services, stripped. Decoded lean ([`LeanService`]): only the kept fields are
-/// read from the apiserver's JSON at all; the strip afterwards normalizes the shape.
+/// A watch stream of Services, decoded lean ([`LeanService`]): only what allocation and the
+/// reconciler read is kept (at 100k Services the cache is most of our memory, and managedFields,
+/// selectors, cluster IPs and foreign annotations are most of a Service).
 pub fn service_stream(
     client: kube::Client,
 ) -> impl futures::Stream<Item = Result<watcher::Event<Service>, watcher::Error>> + Send {
@@ -175,7 +106,6 @@ pub fn service_stream(
     watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
         .map_ok(unwrap_lean)
-        .modify(strip_service)
 }
 
 fn unwrap_lean(ev: watcher::Event<LeanService>) -> watcher::Event<Service> {
