@@ -35,6 +35,12 @@ struct Reservation {
 }
 
 impl Reservation {
+    /// Made for exactly this Service (by name; a `generateName` reservation is not, as another
+    /// Service may share the prefix).
+    fn is_for(&self, svc: &SvcInfo) -> bool {
+        !self.name.is_empty() && self.name == svc.name && self.namespace == svc.namespace
+    }
+
     fn matches(&self, svc: &SvcInfo) -> bool {
         self.namespace == svc.namespace
             && (self.name == svc.name
@@ -110,11 +116,7 @@ impl Allocator {
                 .index
                 .remove_holder(&HolderId::Reservation(id.clone()));
         }
-        let key = req.svc.key();
-        let me = [
-            HolderId::Service(key.clone()),
-            HolderId::Reservation(id.clone()),
-        ];
+        let me = inner.me(&id, req.svc);
         let decision = {
             let view = View {
                 config: &inner.config,
@@ -317,6 +319,36 @@ impl Inner {
                 self.index.remove_holder(&HolderId::Reservation(id));
             }
         }
+    }
+
+    /// Holders that are `svc` itself: the Service, this request's reservation, and any other
+    /// reservation made for this same Service that holds an address it asks for. The last is
+    /// what lets our own reconciler's write (and any UPDATE confirming an address reserved for
+    /// this Service) through: the apiserver sends that write back to us as an UPDATE with a new
+    /// request id, asking for the address the reconciler's reservation holds.
+    fn me(&self, id: &Arc<str>, svc: &SvcInfo) -> Vec<HolderId> {
+        let mut me = vec![
+            HolderId::Service(svc.key()),
+            HolderId::Reservation(id.clone()),
+        ];
+        let Some(requested) = svc.requested() else {
+            return me;
+        };
+        for ip in requested
+            .value
+            .split(',')
+            .filter_map(|e| e.trim().parse::<IpAddr>().ok())
+        {
+            for holder in self.index.holders(ip) {
+                if let HolderId::Reservation(other) = &holder.id
+                    && self.reservations.get(other).is_some_and(|r| r.is_for(svc))
+                    && !me.contains(&holder.id)
+                {
+                    me.push(holder.id.clone());
+                }
+            }
+        }
+        me
     }
 
     /// A Service showing up with a reserved address confirms (ends) that reservation.

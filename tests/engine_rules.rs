@@ -827,3 +827,97 @@ fn sharing_skips_every_clashing_holder_and_keeps_a_services_own_address() {
     // "one" now holds .3 on 80/TCP (OnAdmit): nothing shareable for port 80 any more.
     assert_eq!(ips(&admit(&a, &svc("n", "two", json!({})))), ["10.0.0.2"]);
 }
+
+/// Issue 9: the reconciler reserves an address and patches the Service; the apiserver sends that
+/// patch back to the webhook as an UPDATE (new request id) asking for the reserved address. It is
+/// the same Service confirming its own reservation: admitted. Another Service asking for that
+/// address on the same port is still denied, and a `generateName` reservation is not "the same
+/// Service" for a Service that merely shares the prefix.
+#[test]
+fn an_update_confirming_this_services_own_reservation_is_admitted() {
+    let a = alloc_with(
+        &[("range-global", "10.0.0.1-10.0.0.3")],
+        Options::default(),
+        Confirm::ByCache {
+            ttl: Duration::from_secs(30),
+        },
+    );
+    let now = Instant::now();
+    let bare = svc("x", "o3", json!({}));
+    let by_reconciler = a.admit(
+        Request {
+            id: "reconcile/uid-o3",
+            svc: &bare,
+            old: None,
+            dry_run: false,
+        },
+        now,
+    );
+    assert_eq!(ips(&by_reconciler), ["10.0.0.1"]);
+    let pinned = |name: &str| {
+        svc(
+            "x",
+            name,
+            json!({"metadata": {"annotations": {"kube-vip.io/loadbalancerIPs": "10.0.0.1"}}}),
+        )
+    };
+    let update = pinned("o3");
+    let echoed = a.admit(
+        Request {
+            id: "apiserver-update-uid",
+            svc: &update,
+            old: Some(&bare),
+            dry_run: false,
+        },
+        now,
+    );
+    assert_eq!(
+        echoed.outcome,
+        Outcome::Requested {
+            ips: vec![ip("10.0.0.1")]
+        },
+        "{echoed:?}"
+    );
+    let thief = a.admit(
+        Request {
+            id: "other-uid",
+            svc: &pinned("other"),
+            old: None,
+            dry_run: false,
+        },
+        now,
+    );
+    assert!(
+        matches!(&thief.outcome, Outcome::Denied(why) if why.contains("x/o3")),
+        "{thief:?}"
+    );
+    // The Service shows up holding it: every reservation for it is confirmed, none leaks.
+    a.apply_service(&update);
+    assert_eq!(a.reservations(), 0);
+
+    let generated = svc("x", "", json!({"metadata": {"generateName": "web-"}}));
+    let gen_ips = ips(&a.admit(
+        Request {
+            id: "gen-uid",
+            svc: &generated,
+            old: None,
+            dry_run: false,
+        },
+        now,
+    ));
+    let prefix_sharer = svc(
+        "x",
+        "web-other",
+        json!({"metadata": {"annotations": {"kube-vip.io/loadbalancerIPs": gen_ips[0]}}}),
+    );
+    let d = a.admit(
+        Request {
+            id: "sharer-uid",
+            svc: &prefix_sharer,
+            old: None,
+            dry_run: false,
+        },
+        now,
+    );
+    assert!(matches!(d.outcome, Outcome::Denied(_)), "{d:?}");
+}

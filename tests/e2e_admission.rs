@@ -1,0 +1,291 @@
+//! End to end on a real kube-apiserver (envtest): the shipped webhook registration, the real
+//! binary, Services created through the API as `kubectl` would.
+//!
+//! Skips (passing, with one line saying why) unless `KUBEBUILDER_ASSETS` points at kube-apiserver
+//! and etcd, e.g. `KUBEBUILDER_ASSETS=../shared/envtest cargo test --test e2e_admission`.
+
+#[path = "support/e2e.rs"]
+mod e2e;
+#[path = "support/envtest.rs"]
+mod envtest;
+#[path = "support/webhook_proc.rs"]
+mod webhook_proc;
+
+use std::collections::HashSet;
+
+use e2e::{E2e, annotation, eventually, lb};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_returns_the_address_and_concurrent_creates_never_share_one() {
+    let Some(t) = E2e::new("create").await else {
+        return;
+    };
+    t.set_config(&[(&t.key("range"), &t.range(1, 254))]).await;
+    t.register().await;
+    let wh = t.start_webhook("create-0", &[]).await;
+    t.wait_active().await;
+
+    // What `kubectl create service loadbalancer` gets back already carries the address.
+    let svc = t
+        .services()
+        .create(&PostParams::default(), &lb("web", 80))
+        .await
+        .expect("create");
+    assert_eq!(
+        annotation(&svc),
+        Some(t.ip(1)),
+        "address in the CREATE response"
+    );
+    let labels = svc.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels.get("implementation").map(String::as_str),
+        Some("kube-vip")
+    );
+
+    let creates = (0..200).map(|i| {
+        let api = t.services();
+        async move {
+            api.create(&PostParams::default(), &lb(&format!("c{i}"), 80))
+                .await
+                .map(|s| annotation(&s))
+        }
+    });
+    let answers = futures::future::join_all(creates).await;
+    let mut seen = HashSet::from([t.ip(1)]);
+    for (i, a) in answers.into_iter().enumerate() {
+        let ip = a
+            .unwrap_or_else(|e| panic!("create c{i}: {e}"))
+            .unwrap_or_else(|| panic!("c{i} came back without an address"));
+        assert!(seen.insert(ip.clone()), "{ip} handed out twice");
+    }
+    assert_eq!(seen.len(), 201);
+    assert!(wh.log_lines("denied").is_empty());
+}
+
+/// Issue 9: with the webhook down, Services are admitted without an address (failurePolicy
+/// Ignore); when it is back the reconciler assigns them, and its own patch, which the apiserver
+/// sends back through the webhook as an UPDATE, must be admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciler_assigns_services_created_while_the_webhook_was_down() {
+    let Some(t) = E2e::new("outage").await else {
+        return;
+    };
+    t.set_config(&[(&t.key("range"), &t.range(1, 100))]).await;
+    t.register().await;
+    let mut wh = t.start_webhook("outage-0", &[]).await;
+    t.wait_active().await;
+    wh.terminate();
+    wh.wait_exit(e2e::PATIENCE).await;
+
+    for i in 0..20 {
+        let svc = t
+            .services()
+            .create(&PostParams::default(), &lb(&format!("o{i}"), 80))
+            .await
+            .expect("create while the webhook is down (failurePolicy Ignore)");
+        assert_eq!(annotation(&svc), None, "nobody could have allocated");
+    }
+    let wh = t.start_webhook("outage-1", &[]).await;
+    let mut got = HashSet::new();
+    for i in 0..20 {
+        let name = format!("o{i}");
+        let ip = eventually(&format!("{name} to get an address"), || t.address_of(&name)).await;
+        assert!(got.insert(ip.clone()), "{ip} handed out twice");
+    }
+    // The reconciler's writes went through the webhook (UPDATE decisions logged) and none was denied.
+    let updates = wh.log_lines("operation=\"UPDATE\"");
+    assert!(
+        updates.len() >= 20,
+        "expected the reconciler's 20 patches to pass the webhook, saw {} UPDATE decisions",
+        updates.len()
+    );
+    assert!(
+        wh.log_lines("denied").is_empty(),
+        "{:?}",
+        wh.log_lines("denied")
+    );
+    assert!(wh.log_lines("reconcile failed").is_empty());
+    // Every reservation was confirmed by the Service showing up: none leaks.
+    let metrics = wh.metrics().await;
+    eventually("reservations to drain", || async {
+        let m = wh.metrics().await;
+        m.lines()
+            .any(|l| l == "kube_vip_webhook_reservations 0")
+            .then_some(())
+    })
+    .await;
+    drop(metrics);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_services_get_addresses_when_others_go_or_the_pool_grows() {
+    let Some(t) = E2e::new("waiting").await else {
+        return;
+    };
+    t.set_config(&[(&t.key("range"), &t.range(1, 2))]).await;
+    t.register().await;
+    let _wh = t.start_webhook("waiting-0", &[]).await;
+    t.wait_active().await;
+    let api = t.services();
+    for name in ["a", "b", "c", "d", "e"] {
+        api.create(&PostParams::default(), &lb(name, 80))
+            .await
+            .expect("create");
+    }
+    assert!(t.address_of("c").await.is_none() && t.address_of("d").await.is_none());
+
+    // A deleted Service frees its address for a waiter.
+    api.delete("a", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let first = eventually("a waiter to get a's address", || async {
+        for w in ["c", "d", "e"] {
+            if t.address_of(w).await == Some(t.ip(1)) {
+                return Some(w);
+            }
+        }
+        None
+    })
+    .await;
+    // A Service that stops being a LoadBalancer frees its address too.
+    api.patch(
+        "b",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"spec": {"type": "ClusterIP", "allocateLoadBalancerNodePorts": null}}),
+        ),
+    )
+    .await
+    .expect("turn b into ClusterIP");
+    let second = eventually("a waiter to get b's address", || async {
+        for w in ["c", "d", "e"] {
+            if w != first && t.address_of(w).await == Some(t.ip(2)) {
+                return Some(w);
+            }
+        }
+        None
+    })
+    .await;
+    // The pool grows: the last waiter is woken by the ConfigMap change.
+    t.set_config(&[(&t.key("range"), &t.range(1, 3))]).await;
+    let last = ["c", "d", "e"]
+        .into_iter()
+        .find(|w| *w != first && *w != second)
+        .expect("one left");
+    let ip = eventually("the last waiter to get the new address", || {
+        t.address_of(last)
+    })
+    .await;
+    assert_eq!(ip, t.ip(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_pins_dry_run_and_generate_name() {
+    let Some(t) = E2e::new("updates").await else {
+        return;
+    };
+    t.set_config(&[(&t.key("range"), &t.range(1, 50))]).await;
+    t.register().await;
+    let wh = t.start_webhook("updates-0", &[]).await;
+    t.wait_active().await;
+    let api = t.services();
+
+    // ClusterIP -> LoadBalancer: allocated by the UPDATE's admission.
+    let mut cip = lb("cip", 80);
+    cip.spec.as_mut().expect("spec").type_ = Some("ClusterIP".into());
+    cip.spec
+        .as_mut()
+        .expect("spec")
+        .allocate_load_balancer_node_ports = None;
+    let created = api
+        .create(&PostParams::default(), &cip)
+        .await
+        .expect("create ClusterIP");
+    assert_eq!(annotation(&created), None);
+    let patched = api
+        .patch(
+            "cip",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false}}),
+            ),
+        )
+        .await
+        .expect("to LoadBalancer");
+    assert_eq!(annotation(&patched), Some(t.ip(1)));
+
+    // Removing the annotation re-allocates (the old address is still the Service's own).
+    let removed = api
+        .patch(
+            "cip",
+            &PatchParams::default(),
+            &Patch::Json::<()>(
+                serde_json::from_value(json!([
+                    {"op": "remove", "path": "/metadata/annotations/kube-vip.io~1loadbalancerIPs"}
+                ]))
+                .expect("patch"),
+            ),
+        )
+        .await
+        .expect("remove the annotation");
+    let again = annotation(&removed).expect("re-allocated at admission");
+    assert!(again == t.ip(1) || again == t.ip(2), "{again}");
+
+    // Pinning an address another Service uses on the same port is denied, naming the holder.
+    let mut pinned = lb("pinned", 80);
+    pinned.metadata.annotations = Some([(e2e::ANNOTATION.to_string(), again.clone())].into());
+    let err = api
+        .create(&PostParams::default(), &pinned)
+        .await
+        .expect_err("clash must be denied");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("{}/cip", t.ns)) && text.contains(&again),
+        "{text}"
+    );
+    // On another port it is sharing: admitted.
+    let mut shared = lb("shared", 8080);
+    shared.metadata.annotations = Some([(e2e::ANNOTATION.to_string(), again.clone())].into());
+    let ok = api
+        .create(&PostParams::default(), &shared)
+        .await
+        .expect("sharing");
+    assert_eq!(annotation(&ok), Some(again.clone()));
+
+    // dryRun: the answer shows an address, and nothing is held: a real create gets the same one.
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let shown = annotation(&api.create(&dry, &lb("dry", 80)).await.expect("dry run"))
+        .expect("dry run shows an address");
+    assert!(api.get_opt("dry").await.expect("get").is_none());
+    let real = annotation(
+        &api.create(&PostParams::default(), &lb("real", 80))
+            .await
+            .expect("create"),
+    );
+    assert_eq!(real, Some(shown), "dry run must not hold the address");
+
+    // generateName: the name is empty at admission; each gets its own address, kept by the Service.
+    let mut gen_svc = lb("", 80);
+    gen_svc.metadata.name = None;
+    gen_svc.metadata.generate_name = Some("gen-".into());
+    let mut gen_ips = HashSet::new();
+    for _ in 0..3 {
+        let s = api
+            .create(&PostParams::default(), &gen_svc)
+            .await
+            .expect("generateName create");
+        let name = s.metadata.name.clone().expect("generated name");
+        assert!(name.starts_with("gen-"));
+        let ip = annotation(&s).expect("address for a generateName Service");
+        assert!(
+            gen_ips.insert(ip),
+            "generateName Services got the same address"
+        );
+    }
+    assert!(wh.log_lines("reconcile failed").is_empty());
+}
