@@ -309,9 +309,12 @@ fn run_scenario(
 ) -> Row {
     let allocator = allocator(s, existing);
     let metrics = Arc::new(Metrics::new(allocator.clone()));
+    let leadership = kube_vip_webhook::leadership::Leadership::single();
+    leadership.set_synced();
     let hook_app = webhook::router(WebhookState {
         allocator: allocator.clone(),
         metrics: metrics.clone(),
+        leadership,
         forward: None,
     });
     let (hook_addr, hook_token, hook_task) = serve(server_rt, tls, hook_app);

@@ -26,10 +26,10 @@ use k8s_openapi::api::core::v1::Service;
 use kube::Api;
 use kube::api::PostParams;
 use kube::core::GroupVersionResource;
+use kube_vip_webhook::cli::ServeArgs;
 use kube_vip_webhook::cli::{Cli, Command as CliCommand};
-use kube_vip_webhook::serve::{Running, ServeArgs};
+use kube_vip_webhook::serve::{Running, Stop};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 use fake_apiserver::FakeApiServer;
 
@@ -150,9 +150,9 @@ async fn measure_ours(
     let cpu_before = cpu();
     let started = Instant::now();
     let running: Running = kube_vip_webhook::cluster::start_with_client(
-        &args,
+        args.cluster_settings().expect("settings"),
         client.clone(),
-        CancellationToken::new(),
+        Stop::default(),
     )
     .await
     .expect("cluster mode starts");
@@ -197,7 +197,7 @@ async fn measure_ours(
     }
     latencies.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    running.shutdown.cancel();
+    running.stop.shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), running.wait()).await;
     out.insert("n".into(), json!(n));
     out.insert("sync_s".into(), json!(sync.as_secs_f64()));

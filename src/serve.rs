@@ -1,5 +1,5 @@
-//! `kube-vip-webhook serve`: flags and wiring of the webhook, the admin port and (in cluster
-//! mode) the caches and the reconciler.
+//! `kube-vip-webhook serve`: the HTTPS webhook and the admin port, shared by both modes, and
+//! standalone mode (no cluster). Cluster mode (`crate::cluster`) builds on [`start_servers`].
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -7,58 +7,85 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Args;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Readiness;
-use crate::cli::AllocationArgs;
 use crate::config::Config;
+use crate::engine::Options;
 use crate::files;
-use crate::ipam::Family;
+use crate::forward::Forwarder;
+use crate::leadership::Leadership;
 use crate::metrics::Metrics;
 use crate::state::{Allocator, Confirm};
 use crate::webhook::{self, WebhookState};
 
-/// How long in-flight requests may take to finish after SIGTERM.
+/// How long in-flight requests may take to finish once the drain begins.
 const DRAIN: Duration = Duration::from_secs(20);
 
-#[derive(Debug, Args)]
-pub struct ServeArgs {
-    /// HTTPS address of the webhook.
-    #[arg(long, env = "KUBEVIP_WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
+/// What both modes serve with (parsed by `cli`).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// HTTPS webhook address.
     pub listen: SocketAddr,
-    /// Plain-HTTP admin address (/livez, /readyz, /metrics).
-    #[arg(
-        long,
-        env = "KUBEVIP_WEBHOOK_ADMIN_LISTEN",
-        default_value = "0.0.0.0:8080"
-    )]
+    /// Plain-HTTP admin address (`/livez`, `/readyz`, `/metrics`).
     pub admin_listen: SocketAddr,
-    /// Serving certificate (PEM); new connections pick up a replaced file without a restart.
-    #[arg(long, env = "KUBEVIP_WEBHOOK_TLS_CERT_FILE", requires = "tls_key_file")]
-    pub tls_cert_file: Option<PathBuf>,
-    /// Serving private key (PEM).
-    #[arg(long, env = "KUBEVIP_WEBHOOK_TLS_KEY_FILE", requires = "tls_cert_file")]
-    pub tls_key_file: Option<PathBuf>,
-    /// Run without a cluster: pools from --configmap, used addresses from --services plus what
-    /// this process hands out. Without TLS files a self-signed certificate is generated.
-    #[arg(long)]
-    pub standalone: bool,
-    /// With --standalone: the kubevip ConfigMap file (YAML or JSON).
-    #[arg(long, requires = "standalone")]
-    pub configmap: Option<PathBuf>,
-    /// With --standalone: existing Services (their addresses count as used). Repeatable.
-    #[arg(long, requires = "standalone")]
+    pub options: Options,
+    /// After SIGTERM: keep serving this long with `/readyz` false (so endpoints drop the pod
+    /// before it stops answering), then drain. What kube-apiserver does with
+    /// `--shutdown-delay-duration`; replaces a `preStop` sleep (which needs Kubernetes 1.30).
+    pub shutdown_delay: Duration,
+}
+
+/// `serve --standalone`: pools and Services from files.
+#[derive(Clone, Debug)]
+pub struct Standalone {
+    pub configmap: PathBuf,
     pub services: Vec<PathBuf>,
-    /// With --standalone and no TLS files: where the generated certificate goes
-    /// (default: a new directory under the system temp dir).
-    #[arg(long, requires = "standalone")]
+    /// Serving certificate files; without them a self-signed one is generated into `cert_dir`.
+    pub tls_files: Option<(PathBuf, PathBuf)>,
     pub cert_dir: Option<PathBuf>,
-    #[command(flatten)]
-    pub allocation: AllocationArgs,
-    #[command(flatten)]
-    pub cluster: crate::cluster::ClusterArgs,
+}
+
+/// The two phases of a graceful stop. `stopping` (first SIGTERM): readiness false, the Lease is
+/// released, requests are still served. `shutdown` (after the shutdown delay): drain and exit.
+/// Cancelling `shutdown` also cancels `stopping`.
+#[derive(Clone, Debug)]
+pub struct Stop {
+    pub stopping: CancellationToken,
+    pub shutdown: CancellationToken,
+}
+
+impl Default for Stop {
+    fn default() -> Self {
+        let shutdown = CancellationToken::new();
+        Stop {
+            stopping: shutdown.child_token(),
+            shutdown,
+        }
+    }
+}
+
+impl Stop {
+    /// SIGTERM/SIGINT begin stopping; `delay` later the drain begins (a second signal exits).
+    pub fn on_signal(&self, delay: Duration) {
+        crate::server::cancel_on_signal(self.stopping.clone());
+        let stop = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.shutdown.cancelled() => return,
+                _ = stop.stopping.cancelled() => {}
+            }
+            if !delay.is_zero() {
+                tracing::info!(
+                    ?delay,
+                    "not ready; serving until the shutdown delay has passed"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            stop.shutdown.cancel();
+        });
+    }
 }
 
 /// A started server: where it listens, and how to stop it.
@@ -69,19 +96,19 @@ pub struct Running {
     pub cert_dir: Option<PathBuf>,
     pub allocator: Arc<Allocator>,
     pub readiness: Readiness,
-    pub shutdown: CancellationToken,
+    pub stop: Stop,
     tasks: JoinSet<anyhow::Result<()>>,
 }
 
 impl Running {
-    /// Wait until every task ends (after `shutdown` is cancelled, or on the first failure).
+    /// Wait until every task ends (after `stop.shutdown` is cancelled, or on the first failure).
     pub async fn wait(mut self) -> anyhow::Result<()> {
         let mut result = Ok(());
         while let Some(done) = self.tasks.join_next().await {
             let outcome = done.map_err(anyhow::Error::from).and_then(|r| r);
             if let Err(e) = outcome {
                 tracing::error!(error = %format!("{e:#}"), "task failed; shutting down");
-                self.shutdown.cancel();
+                self.stop.shutdown.cancel();
                 if result.is_ok() {
                     result = Err(e);
                 }
@@ -89,24 +116,19 @@ impl Running {
         }
         result
     }
-}
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging();
-    let shutdown = CancellationToken::new();
-    crate::server::cancel_on_signal(shutdown.clone());
-    let running = if args.standalone {
-        start_standalone(&args, shutdown).await?
-    } else {
-        crate::cluster::start(&args, shutdown).await?
-    };
-    tracing::info!(webhook = %running.webhook_addr, admin = %running.admin_addr, "serving");
-    running.wait().await
+    /// Run another task under the same stop (cluster mode: watches, reconciler, election).
+    pub fn spawn(
+        &mut self,
+        task: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) {
+        self.tasks.spawn(task);
+    }
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`; `RUST_LOG=kube_vip_webhook=debug`
 /// shows one line per admission decision). A subscriber installed earlier is kept.
-fn init_logging() {
+pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
@@ -119,29 +141,27 @@ fn init_logging() {
 
 /// `serve --standalone`: no cluster; the out-of-the-box demo.
 pub async fn start_standalone(
-    args: &ServeArgs,
-    shutdown: CancellationToken,
+    settings: &Settings,
+    standalone: &Standalone,
+    stop: Stop,
 ) -> anyhow::Result<Running> {
-    let configmap = args.configmap.as_deref().context(
-        "--standalone needs --configmap FILE (try manifest/examples/kubevip-configmap.yaml)",
-    )?;
+    let configmap = &standalone.configmap;
     let config = Config::from_data(&files::load_configmap_data(configmap)?);
     for e in config.errors() {
         tracing::warn!(configmap = %configmap.display(), "config error: {e}");
     }
-    let options = args.allocation.options(Family::V4);
     let allocator = Arc::new(Allocator::new(
-        options,
+        settings.options.clone(),
         Confirm::OnAdmit,
         configmap.display().to_string(),
     ));
     allocator.set_config(Some(config));
-    allocator.reset_services(&files::load_svc_infos(&args.services)?);
+    allocator.reset_services(&files::load_svc_infos(&standalone.services)?);
 
-    let (tls, cert_dir) = match (&args.tls_cert_file, &args.tls_key_file) {
-        (Some(cert), Some(key)) => (crate::tls::reloading_server_config(cert, key)?, None),
-        _ => {
-            let dir = args.cert_dir.clone().unwrap_or_else(|| {
+    let (tls, cert_dir) = match &standalone.tls_files {
+        Some((cert, key)) => (crate::tls::reloading_server_config(cert, key)?, None),
+        None => {
+            let dir = standalone.cert_dir.clone().unwrap_or_else(|| {
                 std::env::temp_dir().join(format!("kube-vip-webhook-{}", std::process::id()))
             });
             let tls = self_signed_into(&dir)?;
@@ -150,15 +170,20 @@ pub async fn start_standalone(
     };
     let readiness = Readiness::default();
     let metrics = Arc::new(Metrics::new(allocator.clone()));
+    let leadership = Leadership::single();
+    leadership.set_synced();
     let running = start_servers(
-        args,
-        allocator,
-        metrics,
-        None,
-        tls,
-        readiness.clone(),
-        cert_dir,
-        shutdown,
+        settings,
+        Parts {
+            allocator,
+            metrics,
+            leadership,
+            forward: None,
+            tls,
+            readiness: readiness.clone(),
+            cert_dir,
+        },
+        stop,
     )?;
     readiness.set_ready(true);
     if let Some(dir) = &running.cert_dir {
@@ -167,20 +192,30 @@ pub async fn start_standalone(
     Ok(running)
 }
 
+/// What the servers are built from.
+pub struct Parts {
+    pub allocator: Arc<Allocator>,
+    pub metrics: Arc<Metrics>,
+    pub leadership: Leadership,
+    pub forward: Option<Arc<Forwarder>>,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub readiness: Readiness,
+    pub cert_dir: Option<PathBuf>,
+}
+
 /// Bind both ports and spawn the HTTPS webhook and the admin server. Shared by both modes.
-#[allow(clippy::too_many_arguments)]
-pub fn start_servers(
-    args: &ServeArgs,
-    allocator: Arc<Allocator>,
-    metrics: Arc<Metrics>,
-    forward: Option<Arc<crate::cluster::forward::Forwarder>>,
-    tls: Arc<rustls::ServerConfig>,
-    readiness: Readiness,
-    cert_dir: Option<PathBuf>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<Running> {
-    let webhook_listener = bind(args.listen)?;
-    let admin_listener = bind(args.admin_listen)?;
+pub fn start_servers(settings: &Settings, parts: Parts, stop: Stop) -> anyhow::Result<Running> {
+    let Parts {
+        allocator,
+        metrics,
+        leadership,
+        forward,
+        tls,
+        readiness,
+        cert_dir,
+    } = parts;
+    let webhook_listener = bind(settings.listen)?;
+    let admin_listener = bind(settings.admin_listen)?;
     let webhook_addr = webhook_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
 
@@ -188,28 +223,28 @@ pub fn start_servers(
     let app = webhook::router(WebhookState {
         allocator: allocator.clone(),
         metrics: metrics.clone(),
+        leadership,
         forward,
     });
     // The admin port outlives the webhook drain, so probes see `/readyz` 503 (not a refused
     // connection) and `/livez` 200 while in-flight admissions finish.
     let admin_stop = CancellationToken::new();
-    let (token, stop) = (shutdown.clone(), admin_stop.clone());
+    let (token, guard) = (stop.shutdown.clone(), admin_stop.clone());
     tasks.spawn(async move {
         // Stops the admin port however this task ends (drained, failed, or panicked).
-        let _admin_stop = stop.drop_guard();
+        let _admin_stop = guard.drop_guard();
         crate::server::serve_https(webhook_listener, tls, app, token, DRAIN)
             .await
             .context("webhook server")
     });
     let admin = crate::admin::router(readiness.clone(), metrics);
-    let token = admin_stop;
     tasks.spawn(async move {
-        crate::server::serve_http(admin_listener, admin, token, DRAIN)
+        crate::server::serve_http(admin_listener, admin, admin_stop, DRAIN)
             .await
             .context("admin server")
     });
-    // Readiness goes false the moment shutdown starts, before the drain.
-    let (r, token) = (readiness.clone(), shutdown.clone());
+    // Readiness goes false the moment stopping starts, before the delay and the drain.
+    let (r, token) = (readiness.clone(), stop.stopping.clone());
     tasks.spawn(async move {
         token.cancelled().await;
         r.set_ready(false);
@@ -221,19 +256,9 @@ pub fn start_servers(
         cert_dir,
         allocator,
         readiness,
-        shutdown,
+        stop,
         tasks,
     })
-}
-
-impl Running {
-    /// Run another task under the same shutdown (cluster mode: watches, reconciler).
-    pub fn spawn(
-        &mut self,
-        task: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
-    ) {
-        self.tasks.spawn(task);
-    }
 }
 
 fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {

@@ -185,6 +185,16 @@ impl Allocator {
         decision
     }
 
+    /// Drop the reservation of request `id` (its write failed for good): its addresses are free
+    /// again at once instead of at the TTL.
+    pub fn release(&self, id: &str) {
+        let mut inner = self.lock();
+        let id: Arc<str> = id.into();
+        if inner.reservations.remove(&id).is_some() {
+            inner.index.remove_holder(&HolderId::Reservation(id));
+        }
+    }
+
     /// A Service as the cache (or a Services file) shows it now. True when an address it held
     /// became free (type change, annotation removed): waiting Services may now get one.
     pub fn apply_service(&self, svc: &SvcInfo) -> bool {

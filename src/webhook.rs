@@ -21,8 +21,9 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use serde_json::Value;
 
-use crate::cluster::forward::{FORWARDED_HEADER, Forwarder};
 use crate::engine::{Changes, Decision, Outcome};
+use crate::forward::{FORWARDED_HEADER, Forwarder};
+use crate::leadership::Leadership;
 use crate::metrics::Metrics;
 use crate::service::SvcInfo;
 use crate::state::{Allocator, Request};
@@ -38,7 +39,9 @@ const WARNING_MAX: usize = 256;
 pub struct WebhookState {
     pub allocator: Arc<Allocator>,
     pub metrics: Arc<Metrics>,
-    /// Cluster mode with several replicas: send admissions to the lease holder.
+    /// Whether this replica may allocate right now.
+    pub leadership: Leadership,
+    /// Cluster mode with several replicas: where admissions go when we may not allocate.
     pub forward: Option<Arc<Forwarder>>,
 }
 
@@ -52,28 +55,32 @@ pub fn router(state: WebhookState) -> Router {
 async fn mutate(State(state): State<WebhookState>, headers: HeaderMap, body: Bytes) -> Response {
     let started = Instant::now();
     let mut defer = None;
-    if let Some(fw) = &state.forward
-        && fw.should_forward()
-        && !headers.contains_key(FORWARDED_HEADER)
-    {
-        match fw.forward(body.clone()).await {
-            Ok(answer) => {
-                state
-                    .metrics
-                    .observe_admission("OTHER", "forwarded", started.elapsed());
-                return (
-                    StatusCode::OK,
-                    [(header::CONTENT_TYPE, "application/json")],
-                    answer,
-                )
-                    .into_response();
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot forward the admission to the leader; admitting without allocating");
-                defer = Some(format!(
-                    "this replica is not the leader and could not reach it ({e})"
-                ));
-            }
+    if !state.leadership.may_allocate(started) {
+        let why = if !state.leadership.synced() {
+            "this replica's caches are not synced yet".to_string()
+        } else {
+            "this replica is not the allocating leader".to_string()
+        };
+        // A forwarded request is never forwarded again: whoever sent it thought we lead.
+        match (&state.forward, headers.contains_key(FORWARDED_HEADER)) {
+            (Some(fw), false) => match fw.forward(body.clone()).await {
+                Ok(answer) => {
+                    state
+                        .metrics
+                        .observe_admission("OTHER", "forwarded", started.elapsed());
+                    return (
+                        StatusCode::OK,
+                        [(header::CONTENT_TYPE, "application/json")],
+                        answer,
+                    )
+                        .into_response();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot forward the admission to the leader; admitting without allocating");
+                    defer = Some(format!("{why} and could not reach the leader ({e})"));
+                }
+            },
+            _ => defer = Some(why),
         }
     }
     let (review, operation, outcome) =

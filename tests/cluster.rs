@@ -13,15 +13,25 @@ use clap::Parser;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::events::v1::Event;
+use kube_vip_webhook::cli::ServeArgs;
 use kube_vip_webhook::cli::{Cli, Command};
-use kube_vip_webhook::serve::{Running, ServeArgs};
+use kube_vip_webhook::serve::{Running, Stop};
 use kube_vip_webhook::service::SvcInfo;
 use kube_vip_webhook::state::Request;
 use serde_json::json;
 use support::fake_apiserver::{FakeApiServer, Matcher};
-use tokio_util::sync::CancellationToken;
 
 const ANNOTATION: &str = "kube-vip.io/loadbalancerIPs";
+const FAST_LEASE: [&str; 8] = [
+    "--lease-duration-seconds",
+    "3",
+    "--renew-deadline-seconds",
+    "2",
+    "--retry-period-seconds",
+    "1",
+    "--takeover-grace-seconds",
+    "0",
+];
 
 fn provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -62,6 +72,8 @@ fn serve_args(dir: &std::path::Path, extra: &[&str]) -> ServeArgs {
     if !extra.iter().any(|a| a.starts_with("--leader-elect")) {
         argv.push("--leader-elect=false");
     }
+    // Fast elections: these tests are about who reconciles, not about the timing.
+    argv.extend_from_slice(&FAST_LEASE);
     argv.extend_from_slice(extra);
     match Cli::try_parse_from(argv).unwrap().command {
         Command::Serve(a) => *a,
@@ -93,9 +105,9 @@ async fn start(fake: FakeApiServer, extra: &[&str]) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let args = serve_args(dir.path(), extra);
     let running = kube_vip_webhook::cluster::start_with_client(
-        &args,
+        args.cluster_settings().unwrap(),
         fake.client(),
-        CancellationToken::new(),
+        Stop::default(),
     )
     .await
     .unwrap();
@@ -429,7 +441,10 @@ async fn only_the_lease_holder_reconciles_and_a_standby_takes_over() {
     .await;
     eventually("a leads", || async {
         let l = fake.get::<Lease>(Some("kube-system"), "kube-vip-webhook")?;
-        (l.spec?.holder_identity? == "replica-a").then_some(())
+        l.spec?
+            .holder_identity?
+            .starts_with("replica-a_")
+            .then_some(())
     })
     .await;
     let b = start(
@@ -448,14 +463,21 @@ async fn only_the_lease_holder_reconciles_and_a_standby_takes_over() {
         .into_iter()
         .filter_map(|e| e.reporting_instance)
         .collect();
-    assert_eq!(reporters, HashSet::from(["replica-a".to_string()]));
+    assert_eq!(reporters.len(), 1, "{reporters:?}");
+    assert!(
+        reporters.iter().all(|r| r.starts_with("replica-a_")),
+        "{reporters:?}"
+    );
 
     // The leader shuts down and releases the lease: b takes over and reconciles.
-    a.running.shutdown.cancel();
+    a.running.stop.shutdown.cancel();
     a.running.wait().await.unwrap();
     eventually("b leads", || async {
         let l = fake.get::<Lease>(Some("kube-system"), "kube-vip-webhook")?;
-        (l.spec?.holder_identity? == "replica-b").then_some(())
+        l.spec?
+            .holder_identity?
+            .starts_with("replica-b_")
+            .then_some(())
     })
     .await;
     fake.insert(&lb("l", "second", 80, None)).unwrap();
@@ -510,28 +532,31 @@ async fn followers_forward_admissions_to_the_leader() {
             "--pod-name",
             pod,
         ]
-        .map(String::from);
+        .into_iter()
+        .chain(FAST_LEASE)
+        .map(String::from)
+        .collect::<Vec<_>>();
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Serve(a) => *a,
             _ => unreachable!(),
         }
     };
     let a = kube_vip_webhook::cluster::start_with_client(
-        &replica("a"),
+        replica("a").cluster_settings().unwrap(),
         fake.client(),
-        CancellationToken::new(),
+        Stop::default(),
     )
     .await
     .unwrap();
     eventually("a leads", || async {
         let l = fake.get::<Lease>(Some("kube-system"), "kube-vip-webhook")?;
-        (l.spec?.holder_identity? == "a").then_some(())
+        l.spec?.holder_identity?.starts_with("a_").then_some(())
     })
     .await;
     let b = kube_vip_webhook::cluster::start_with_client(
-        &replica("b"),
+        replica("b").cluster_settings().unwrap(),
         fake.client(),
-        CancellationToken::new(),
+        Stop::default(),
     )
     .await
     .unwrap();

@@ -19,7 +19,10 @@ use std::path::{Component, Path, PathBuf};
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec, Probe, Service, ServiceAccount};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, PodSpec, Probe, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -232,6 +235,8 @@ enum Obj {
     Webhook(Box<MutatingWebhookConfiguration>),
     Issuer(Box<Issuer>),
     Certificate(Box<Certificate>),
+    Lease(Box<Lease>),
+    Secret(Box<Secret>),
 }
 
 /// One YAML document and where it came from.
@@ -335,6 +340,8 @@ fn typed(doc: &Doc) -> Result<Obj, String> {
             Obj::Issuer(issuer)
         }
         ("cert-manager.io/v1", "Certificate") => Obj::Certificate(round_trip(v)?),
+        ("coordination.k8s.io/v1", "Lease") => Obj::Lease(round_trip(v)?),
+        ("v1", "Secret") => Obj::Secret(round_trip(v)?),
         _ => return Err(format!("unexpected apiVersion/kind {api_version}/{kind}")),
     };
     Ok(obj)
@@ -613,6 +620,8 @@ impl Route {
     pick!(webhooks, Webhook, MutatingWebhookConfiguration);
     pick!(issuers, Issuer, Issuer);
     pick!(certificates, Certificate, Certificate);
+    pick!(leases, Lease, Lease);
+    pick!(secrets, Secret, Secret);
 }
 
 fn only<'a, T>(what: &str, items: Vec<&'a T>, problems: &mut Vec<String>) -> Option<&'a T> {
@@ -1503,6 +1512,18 @@ fn check_self_signed(r: &Route) -> Vec<String> {
     if !r.issuers().is_empty() || !r.certificates().is_empty() {
         p.push("no cert-manager objects in the self-signed route".into());
     }
+    // Pre-created empty, so RBAC needs no `create` (which it cannot limit by name).
+    match only("Secret", r.secrets(), &mut p) {
+        Some(sec)
+            if name_of(&sec.metadata) == SELF_SIGNED_SECRET
+                && ns_of(&sec.metadata) == ns_of(&d.metadata)
+                && sec.type_.as_deref() == Some("Opaque")
+                && sec.data.as_ref().is_none_or(|d| d.is_empty()) => {}
+        Some(_) => p.push(format!(
+            "the Secret should be {SELF_SIGNED_SECRET}, Opaque, empty, in the pod's namespace"
+        )),
+        None => {}
+    }
     if cfg
         .metadata
         .annotations
@@ -1514,8 +1535,38 @@ fn check_self_signed(r: &Route) -> Vec<String> {
     p
 }
 
+/// The Lease exists from the start (no RBAC `create`), without a holder, where the binary
+/// looks for it (`--lease-name`, the pod's namespace).
+fn check_lease(r: &Route) -> Vec<String> {
+    let mut p = Vec::new();
+    let (Some(d), Some(lease)) = (
+        only("Deployment", r.deployments(), &mut p),
+        only("Lease", r.leases(), &mut p),
+    ) else {
+        return p;
+    };
+    let wanted = container(d)
+        .and_then(|c| flag(c, "lease-name"))
+        .unwrap_or(NAME);
+    if name_of(&lease.metadata) != wanted || ns_of(&lease.metadata) != ns_of(&d.metadata) {
+        p.push(format!(
+            "the Lease should be {wanted} in the pod's namespace {}",
+            ns_of(&d.metadata)
+        ));
+    }
+    if lease
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.holder_identity.is_some())
+    {
+        p.push("the shipped Lease must have no holder".into());
+    }
+    p
+}
+
 fn check_route(r: &Route) -> Vec<String> {
     let mut p = check_workload(r);
+    p.extend(check_lease(r));
     p.extend(check_webhook(r));
     p.extend(check_rbac_refs(r));
     p.extend(check_rbac_calls(r, &calls_for(r.name)));
@@ -1716,7 +1767,7 @@ fn example_configmap_is_the_one_the_deployment_reads_and_parses_cleanly() {
     assert!(commented >= 6, "only {commented} commented examples found");
 }
 
-fn parse_serve_args(route: &str) -> Result<kube_vip_webhook::serve::ServeArgs, String> {
+fn parse_serve_args(route: &str) -> Result<kube_vip_webhook::cli::ServeArgs, String> {
     use clap::Parser;
     use kube_vip_webhook::cli::{Cli, Command};
     let r = Route::load(ROUTES.into_iter().find(|x| *x == route).unwrap());
@@ -1895,10 +1946,19 @@ fn checks_catch_broken_manifests() {
         v["rules"].as_array_mut().unwrap().pop();
     });
     expect(
-        "no lease create",
+        "no lease rule",
         &r,
         check_route(&r),
-        "not allowed: create coordination.k8s.io/leases",
+        "not allowed: watch coordination.k8s.io/leases",
+    );
+    let r = broken(&cm, "Lease", NAME, |v| {
+        v["spec"] = serde_json::json!({"holderIdentity": "someone"});
+    });
+    expect(
+        "lease with a holder",
+        &r,
+        check_route(&r),
+        "must have no holder",
     );
     let r = broken(&cm, "ClusterRole", NAME, |v| {
         v["rules"][1]["apiGroups"] = serde_json::json!([""])

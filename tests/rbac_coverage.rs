@@ -24,11 +24,11 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::ObjectMeta;
+use kube_vip_webhook::cli::ServeArgs;
 use kube_vip_webhook::cli::{Cli, Command};
-use kube_vip_webhook::serve::ServeArgs;
+use kube_vip_webhook::serve::Stop;
 use serde_json::json;
 use support::fake_apiserver::{FakeApiServer, Matcher, RequestRecord};
-use tokio_util::sync::CancellationToken;
 
 use api_calls::{ApiCall, At, CONFIG_MAP, NAME, NAMESPACE, SELF_SIGNED_SECRET, calls_for};
 
@@ -303,6 +303,17 @@ fn lb(ns: &str, name: &str, annotation: Option<&str>) -> Service {
     serde_json::from_value(v).unwrap()
 }
 
+/// An object exactly as a manifest file ships it (the Lease, the empty Secret): the code finds
+/// them in place, as after `kubectl apply -k`, and never needs `create`.
+fn shipped<T: serde::de::DeserializeOwned>(file: &str) -> T {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+    serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+fn shipped_lease() -> k8s_openapi::api::coordination::v1::Lease {
+    shipped("manifest/base/lease.yaml")
+}
+
 /// The Service the primary IP family is read from.
 fn kubernetes_service() -> Service {
     serde_json::from_value(json!({
@@ -374,13 +385,19 @@ async fn exercise(fake: &FakeApiServer, args: &ServeArgs) {
     // The address of the only pool is taken; the pools appear only later.
     fake.insert(&lb("apps", "holder", Some("10.0.0.1")))
         .unwrap();
-    let token = CancellationToken::new();
-    let running = kube_vip_webhook::cluster::start_with_client(args, fake.client(), token.clone())
-        .await
-        .unwrap();
+    let stop = Stop::default();
+    let running = kube_vip_webhook::cluster::start_with_client(
+        args.cluster_settings().unwrap(),
+        fake.client(),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
     // Lease created by the first (and only) candidate; caches synced.
     eventually("lease acquired", || async {
-        (lease_holder(fake)? == POD).then_some(())
+        lease_holder(fake)?
+            .starts_with(&format!("{POD}_"))
+            .then_some(())
     })
     .await;
     eventually("ready", || async {
@@ -449,7 +466,7 @@ async fn exercise(fake: &FakeApiServer, args: &ServeArgs) {
     })
     .await;
 
-    token.cancel();
+    stop.shutdown.cancel();
     running.wait().await.unwrap();
     assert_eq!(
         lease_holder(fake),
@@ -462,6 +479,7 @@ async fn exercise(fake: &FakeApiServer, args: &ServeArgs) {
 async fn cert_manager_route_calls_exactly_the_table() {
     let fake = FakeApiServer::new();
     fake.insert(&kubernetes_service()).unwrap();
+    fake.insert(&shipped_lease()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     exercise(&fake, &files_route_args(dir.path())).await;
     assert_table_matches("cert-manager", &fake.request_log());
@@ -472,13 +490,25 @@ async fn self_signed_route_calls_exactly_the_table() {
     let fake = FakeApiServer::new();
     fake.insert(&kubernetes_service()).unwrap();
     fake.insert(&webhook_configuration()).unwrap();
+    fake.insert(&shipped_lease()).unwrap();
+    fake.insert(&shipped::<Secret>(
+        "manifest/overlays/self-signed/secret.yaml",
+    ))
+    .unwrap();
     let args = self_signed_args();
 
-    // First start: the Secret is created and the caBundle patched.
+    // First start: the shipped empty Secret is filled and the caBundle patched.
     exercise(&fake, &args).await;
     let created = fake
         .get::<Secret>(Some(NAMESPACE), SELF_SIGNED_SECRET)
-        .expect("the Secret was created");
+        .expect("the Secret is there");
+    assert!(
+        created
+            .data
+            .as_ref()
+            .is_some_and(|d| d.contains_key("tls.crt")),
+        "the Secret was filled"
+    );
     let first_bundle = ca_bundle(&fake).expect("caBundle patched");
 
     // Restart over a damaged Secret: it is rewritten in place (update) with a new CA, which is
@@ -486,19 +516,25 @@ async fn self_signed_route_calls_exactly_the_table() {
     let mut damaged = created.clone();
     damaged.data = None;
     fake.upsert(&damaged).unwrap();
-    let token = CancellationToken::new();
-    let running = kube_vip_webhook::cluster::start_with_client(&args, fake.client(), token.clone())
-        .await
-        .unwrap();
+    let stop = Stop::default();
+    let running = kube_vip_webhook::cluster::start_with_client(
+        args.cluster_settings().unwrap(),
+        fake.client(),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
     eventually("ready after restart", || async {
         running.readiness.is_ready().then_some(())
     })
     .await;
     eventually("lease re-acquired", || async {
-        (lease_holder(&fake)? == POD).then_some(())
+        lease_holder(&fake)?
+            .starts_with(&format!("{POD}_"))
+            .then_some(())
     })
     .await;
-    token.cancel();
+    stop.shutdown.cancel();
     running.wait().await.unwrap();
     let rewritten = fake
         .get::<Secret>(Some(NAMESPACE), SELF_SIGNED_SECRET)

@@ -16,8 +16,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::Parser;
 use ipnet::IpNet;
+use kube_vip_webhook::cli::ServeArgs;
 use kube_vip_webhook::cli::{Cli, Command};
-use kube_vip_webhook::serve::{Running, ServeArgs, start_standalone};
+use kube_vip_webhook::serve::{Running, Stop};
 use kube_vip_webhook::webhook::BODY_LIMIT;
 use reqwest::{Client, StatusCode, Version};
 use rustls::pki_types::ServerName;
@@ -26,7 +27,6 @@ use tempfile::TempDir;
 use tls_support::Http;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
 /// Generous upper bound so a broken server fails the test instead of hanging it.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -105,7 +105,7 @@ impl Server {
                 certs.to_str().unwrap().to_string(),
             ]),
         }
-        let running = start_standalone(&serve_args(&argv), CancellationToken::new())
+        let running = kube_vip_webhook::cli::start(&serve_args(&argv), Stop::default())
             .await
             .unwrap();
         let ca = match tls {
@@ -163,7 +163,7 @@ impl Server {
     }
 
     async fn stop(self) {
-        self.running.shutdown.cancel();
+        self.running.stop.shutdown.cancel();
         tokio::time::timeout(PATIENCE, self.running.wait())
             .await
             .unwrap()
@@ -1344,7 +1344,7 @@ async fn shutdown_drains_an_in_flight_admission() {
     assert!(rest.is_empty());
 
     // SIGTERM (the signal handler cancels this token; see tests/serving.rs).
-    server.running.shutdown.cancel();
+    server.running.stop.shutdown.cancel();
 
     // Not ready while draining: the admin port still answers, with 503.
     let admin_client = Client::new();
@@ -1433,7 +1433,7 @@ async fn standalone_without_configmap_is_a_clear_error() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let err = start_standalone(&serve_args(&argv), CancellationToken::new())
+    let err = kube_vip_webhook::cli::start(&serve_args(&argv), Stop::default())
         .await
         .err()
         .unwrap();

@@ -25,7 +25,6 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::ClusterArgs;
 use crate::tls::{SwappableCert, TlsError, error_chain};
 use ca_bundle::Outcome;
 use material::Material;
@@ -53,12 +52,18 @@ pub struct BootstrapConfig {
 }
 
 impl BootstrapConfig {
-    pub fn from_args(args: &ClusterArgs) -> Self {
+    /// Default validity and intervals.
+    pub fn new(
+        namespace: String,
+        secret_name: String,
+        webhook_configuration: String,
+        dns_names: Vec<String>,
+    ) -> Self {
         Self {
-            namespace: args.pod_namespace.clone(),
-            secret_name: args.cert_secret.clone(),
-            webhook_configuration: args.webhook_configuration.clone(),
-            dns_names: service_dns_names(&args.service_name, &args.pod_namespace),
+            namespace,
+            secret_name,
+            webhook_configuration,
+            dns_names,
             validity: DEFAULT_VALIDITY,
             check_interval: DEFAULT_CHECK_INTERVAL,
             retry_interval: DEFAULT_RETRY_INTERVAL,
@@ -164,16 +169,6 @@ pub struct Bootstrapped {
     pub status: watch::Receiver<Status>,
     /// The background task; it ends when `shutdown` is cancelled.
     pub task: JoinHandle<()>,
-}
-
-/// Self-signed route with the default intervals and validity.
-pub async fn ensure(
-    client: &kube::Client,
-    args: &ClusterArgs,
-    shutdown: CancellationToken,
-) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let done = ensure_with(client, BootstrapConfig::from_args(args), shutdown).await?;
-    Ok(done.server_config)
 }
 
 /// Converge the Secret (fatal on failure), publish the `caBundle` (fatal on failure, except that a

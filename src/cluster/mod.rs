@@ -1,104 +1,86 @@
-//! Cluster mode: state from the apiserver through watches, a reconciler as the fallback.
+//! Cluster mode: state from the apiserver through watches, a reconciler as the fallback, and
+//! leader election deciding which replica allocates.
 //!
 //! One watch over all Services feeds both the used-address index (incrementally, so admission
 //! never scans) and the reconciler; one watch over the pool ConfigMap re-parses it only when it
-//! changes. The reconciler runs on the lease holder only; every replica answers admissions.
+//! changes. Every replica keeps the caches and answers admissions; only the one the
+//! [`Leadership`] allows allocates, the others forward to it.
 
-pub mod forward;
+pub mod context;
 mod lease;
-mod reconciler;
+pub mod reconciler;
 mod watches;
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Args;
-use clap::builder::BoolishValueParser;
-use k8s_openapi::api::core::v1::Service;
+use futures::TryStreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::Api;
-use tokio_util::sync::CancellationToken;
+use kube::runtime::watcher;
 
-use crate::admin::Readiness;
+pub use lease::{ADDRESS_ANNOTATION, LeaseSettings};
+
+use crate::bootstrap::BootstrapConfig;
+use crate::forward::{CaSource, Forwarder, Refresh};
 use crate::ipam::Family;
+use crate::leadership::Leadership;
 use crate::metrics::Metrics;
-use crate::serve::{Running, ServeArgs, start_servers};
+use crate::serve::{Running, Stop, start_servers};
 use crate::state::{Allocator, Confirm};
+use context::{Context, Synced};
 
-pub use lease::LeaderState;
+/// Bound on each request the background tasks send (reconciler patches, Events): a hung
+/// apiserver connection must not stall them (kube's client has no read timeout of its own).
+pub const API_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, Args)]
-pub struct ClusterArgs {
-    /// Kubeconfig file (default: in-cluster config, then $KUBECONFIG, then ~/.kube/config).
-    #[arg(long, env = "KUBECONFIG")]
+/// How the webhook gets its serving certificate.
+#[derive(Clone, Debug)]
+pub enum Certs {
+    /// PEM files, reloaded when they change; `ca` verifies the leader when forwarding.
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+        ca: Option<PathBuf>,
+    },
+    /// A CA and certificate kept in a Secret, the CA published in our webhook configuration.
+    SelfSigned(BootstrapConfig),
+}
+
+/// Everything cluster mode needs, as plain values (parsed by `cli`).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub serve: crate::serve::Settings,
+    /// The cluster's primary family; `None`: read from the `default/kubernetes` Service.
+    pub default_family: Option<Family>,
     pub kubeconfig: Option<PathBuf>,
-    /// Namespace of the pool ConfigMap.
-    #[arg(long, env = "KUBEVIP_NAMESPACE", default_value = "kube-system")]
-    pub kubevip_namespace: String,
-    /// Name of the pool ConfigMap.
-    #[arg(long, env = "KUBEVIP_CONFIG_MAP", default_value = "kubevip")]
-    pub kubevip_config_map: String,
-    /// How long an admitted address is held for a Service that has not shown up yet.
-    #[arg(
-        long,
-        env = "KUBEVIP_WEBHOOK_RESERVATION_TTL_SECONDS",
-        default_value_t = 30
-    )]
-    pub reservation_ttl_seconds: u64,
-    /// Run the reconciler only while holding the Lease (for more than one replica).
-    #[arg(long, env = "KUBEVIP_WEBHOOK_LEADER_ELECT", value_parser = BoolishValueParser::new(),
-          default_value_t = true, num_args = 0..=1, default_missing_value = "true")]
-    pub leader_elect: bool,
-    /// Name of the Lease (in the pod's namespace).
-    #[arg(
-        long,
-        env = "KUBEVIP_WEBHOOK_LEASE_NAME",
-        default_value = "kube-vip-webhook"
-    )]
-    pub lease_name: String,
-    /// Namespace this pod runs in (Lease, certificate Secret).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
-    pub pod_namespace: String,
-    /// This pod's name (Lease holder identity, Event reporter instance).
-    #[arg(long, env = "POD_NAME")]
-    pub pod_name: Option<String>,
-    /// This pod's IP, advertised in the Lease so other replicas forward admissions to the leader.
-    #[arg(long, env = "POD_IP")]
-    pub pod_ip: Option<std::net::IpAddr>,
-    /// CA that signed the serving certificate (files route), to verify the leader when forwarding.
-    /// The self-signed route knows its CA. Without either, followers admit without allocating.
-    #[arg(long, env = "KUBEVIP_WEBHOOK_TLS_CA_FILE")]
-    pub tls_ca_file: Option<PathBuf>,
-    /// Self-signed route: keep a CA and serving certificate in --cert-secret and patch the
-    /// caBundle of --webhook-configuration (instead of --tls-cert-file/--tls-key-file).
-    #[arg(long, conflicts_with = "tls_cert_file")]
-    pub self_signed: bool,
-    #[arg(long, default_value = "kube-vip-webhook-selfsigned")]
-    pub cert_secret: String,
-    #[arg(long, default_value = "kube-vip-webhook")]
-    pub webhook_configuration: String,
-    /// Service in front of this webhook (the serving certificate is for <service>.<namespace>.svc).
-    #[arg(long, default_value = "kube-vip-webhook")]
-    pub service_name: String,
+    pub config_namespace: String,
+    pub config_name: String,
+    pub reservation_ttl: Duration,
+    /// `None`: a single replica, no election.
+    pub election: Option<LeaseSettings>,
+    /// This process in Events and the Lease (pod name plus a per-process nonce).
+    pub identity: String,
+    /// Advertised to the other replicas for forwarding (`--pod-ip`).
+    pub pod_ip: Option<IpAddr>,
+    pub certs: Certs,
+    /// The name in the serving certificate (`<service>.<namespace>.svc`), for forwarding.
+    pub forward_server_name: String,
 }
 
-impl ClusterArgs {
-    pub fn identity(&self) -> String {
-        self.pod_name
-            .clone()
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .unwrap_or_else(|| format!("kube-vip-webhook-{}", std::process::id()))
-    }
-
-    pub fn config_name(&self) -> String {
-        format!("{}/{}", self.kubevip_namespace, self.kubevip_config_map)
+impl Settings {
+    fn config_ref(&self) -> String {
+        format!("{}/{}", self.config_namespace, self.config_name)
     }
 }
 
-/// `serve` against a cluster, with a client from --kubeconfig or the environment.
-pub async fn start(args: &ServeArgs, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    let client = match &args.cluster.kubeconfig {
+/// `serve` against a cluster, with a client from the kubeconfig or the environment.
+pub async fn start(settings: Settings, stop: Stop) -> anyhow::Result<Running> {
+    let client = match &settings.kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
@@ -110,119 +92,109 @@ pub async fn start(args: &ServeArgs, shutdown: CancellationToken) -> anyhow::Res
             .await
             .context("no cluster credentials (in-cluster config or kubeconfig)")?,
     };
-    start_with_client(args, client, shutdown).await
+    start_with_client(settings, client, stop).await
 }
 
 /// Same as [`start`] with a given client (tests drive it against a fake apiserver).
 pub async fn start_with_client(
-    args: &ServeArgs,
+    settings: Settings,
     client: kube::Client,
-    shutdown: CancellationToken,
+    stop: Stop,
 ) -> anyhow::Result<Running> {
-    let cluster = &args.cluster;
-    let primary = match args.allocation.default_ip_family {
-        Some(f) => Family::from(f),
+    let mut options = settings.serve.options.clone();
+    options.default_family = match settings.default_family {
+        Some(f) => f,
         None => primary_family(&client).await,
     };
-    let options = args.allocation.options(primary);
-    let ttl = Duration::from_secs(cluster.reservation_ttl_seconds.max(1));
     let allocator = Arc::new(Allocator::new(
         options,
-        Confirm::ByCache { ttl },
-        cluster.config_name(),
+        Confirm::ByCache {
+            ttl: settings.reservation_ttl,
+        },
+        settings.config_ref(),
     ));
-
-    let (tls, ca_pem) = match (&args.tls_cert_file, &args.tls_key_file, cluster.self_signed) {
-        (Some(cert), Some(key), _) => {
-            let ca = match &cluster.tls_ca_file {
-                Some(p) => {
-                    Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?)
-                }
-                None => None,
-            };
-            (crate::tls::reloading_server_config(cert, key)?, ca)
-        }
-        (_, _, true) => {
-            let boot = crate::bootstrap::ensure_with(
-                &client,
-                crate::bootstrap::BootstrapConfig::from_args(cluster),
-                shutdown.clone(),
-            )
-            .await?;
-            let ca = boot.status.borrow().ca_bundle.clone();
-            (boot.server_config, Some(ca))
-        }
-        _ => {
-            anyhow::bail!("cluster mode needs --tls-cert-file and --tls-key-file, or --self-signed")
+    let (tls, ca) = match &settings.certs {
+        Certs::Files { cert, key, ca } => (
+            crate::tls::reloading_server_config(cert, key)?,
+            ca.clone().map(CaSource::File),
+        ),
+        Certs::SelfSigned(cfg) => {
+            let boot =
+                crate::bootstrap::ensure_with(&client, cfg.clone(), stop.shutdown.clone()).await?;
+            let status = boot.status.clone();
+            let bundle: Arc<dyn Fn() -> Vec<u8> + Send + Sync> =
+                Arc::new(move || status.borrow().ca_bundle.clone());
+            (boot.server_config, Some(CaSource::Bundle(bundle)))
         }
     };
-    let readiness = Readiness::default();
-    let metrics = Arc::new(Metrics::new(allocator.clone()));
-    let leader = LeaderState::new(!cluster.leader_elect);
-    let forward = match (cluster.leader_elect, ca_pem) {
-        (true, Some(ca)) => Some(Arc::new(forward::Forwarder::new(
-            leader.clone(),
+    let leadership = match settings.election {
+        Some(_) => Leadership::elected(),
+        None => Leadership::single(),
+    };
+    let forward = match (&settings.election, ca) {
+        (Some(lease), Some(ca)) => Some(Arc::new(Forwarder::new(
+            leadership.clone(),
             ca,
-            format!("{}.{}.svc", cluster.service_name, cluster.pod_namespace),
+            settings.forward_server_name.clone(),
+            Some(refresh(&client, lease)),
         ))),
-        (true, None) => {
+        (Some(_), None) => {
             tracing::warn!(
-                "leader election without a CA to verify the leader (--tls-ca-file): followers admit \
-                 without allocating and the leader's reconciler assigns addresses"
+                "leader election without a CA to verify the leader (--tls-ca-file): replicas that \
+                 do not lead admit without allocating and the leader's reconciler assigns addresses"
             );
-            Some(Arc::new(forward::Forwarder::new(
-                leader.clone(),
-                Vec::new(),
-                String::new(),
-            )))
+            None
         }
-        (false, _) => None,
+        (None, _) => None,
     };
+    let metrics = Arc::new(Metrics::new(allocator.clone()));
+    let readiness = crate::admin::Readiness::default();
     let mut running = start_servers(
-        args,
-        allocator.clone(),
-        metrics.clone(),
-        forward,
-        tls,
-        readiness.clone(),
-        None,
-        shutdown.clone(),
+        &settings.serve,
+        crate::serve::Parts {
+            allocator: allocator.clone(),
+            metrics: metrics.clone(),
+            leadership: leadership.clone(),
+            forward,
+            tls,
+            readiness: readiness.clone(),
+            cert_dir: None,
+        },
+        stop.clone(),
     )?;
 
-    if cluster.leader_elect {
-        let port = running.webhook_addr.port();
-        let lease = lease::LeaseConfig {
-            namespace: cluster.pod_namespace.clone(),
-            name: cluster.lease_name.clone(),
-            identity: cluster.identity(),
-            advertise: cluster
-                .pod_ip
-                .map(|ip| std::net::SocketAddr::new(ip, port).to_string()),
-            ..lease::LeaseConfig::default()
-        };
+    if let Some(mut lease) = settings.election.clone() {
+        lease.advertise = settings
+            .pod_ip
+            .map(|ip| SocketAddr::new(ip, running.webhook_addr.port()).to_string());
         running.spawn(lease::run(
             client.clone(),
             lease,
-            leader.clone(),
-            shutdown.clone(),
+            leadership.clone(),
+            stop.stopping.clone(),
+            stop.shutdown.clone(),
         ));
+        running.spawn(announce_starts(leadership.clone(), stop.clone()));
     }
-    let ctx = Arc::new(reconciler::Context::new(
+    let ctx = Arc::new(Context::new(
         client.clone(),
         allocator.clone(),
         metrics,
-        leader,
-        cluster.identity(),
+        leadership.clone(),
+        settings.identity.clone(),
+        settings.config_ref(),
     ));
-    let synced = watches::Synced::new(readiness, shutdown.clone());
-    running.spawn(watches::config_watch(
+    let synced = Synced::new(readiness, leadership, stop.stopping.clone());
+    running.spawn(config_watch(
         client.clone(),
-        cluster.clone(),
+        settings.config_namespace.clone(),
+        settings.config_name.clone(),
         ctx.clone(),
         synced.clone(),
+        stop.clone(),
     ));
-    running.spawn(reconciler::run(client, ctx, synced, shutdown.clone()));
-    let (alloc, token) = (allocator, shutdown);
+    running.spawn(reconciler::run(ctx, synced, stop.shutdown.clone()));
+    let (alloc, token) = (allocator, stop.shutdown);
     running.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -235,17 +207,88 @@ pub async fn start_with_client(
     Ok(running)
 }
 
+/// A forwarder whose leader did not answer reads the Lease again.
+fn refresh(client: &kube::Client, lease: &LeaseSettings) -> Refresh {
+    let api: Api<Lease> = Api::namespaced(client.clone(), &lease.namespace);
+    let (name, identity) = (lease.name.clone(), lease.identity.clone());
+    Arc::new(move || {
+        Box::pin(lease::read_leader(
+            api.clone(),
+            name.clone(),
+            identity.clone(),
+            Duration::from_secs(1),
+        ))
+    })
+}
+
+/// A term's allocation starts at its `from` instant: tell the reconciler then (it reconciles
+/// everything once).
+async fn announce_starts(leadership: Leadership, stop: Stop) -> anyhow::Result<()> {
+    let mut terms = leadership.term_changes();
+    loop {
+        let next = leadership.announce_if_started(std::time::Instant::now());
+        tokio::select! {
+            _ = stop.shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep_until(next.unwrap_or_else(far_future).into()), if next.is_some() => {}
+            changed = terms.changed() => if changed.is_err() { return Ok(()) },
+        }
+    }
+}
+
+fn far_future() -> std::time::Instant {
+    std::time::Instant::now() + Duration::from_secs(3600)
+}
+
+/// Watch the one pool ConfigMap; re-parse only when it changes.
+async fn config_watch(
+    client: kube::Client,
+    namespace: String,
+    name: String,
+    ctx: Arc<Context>,
+    synced: Synced,
+    stop: Stop,
+) -> anyhow::Result<()> {
+    let stream = watches::configmap_stream(client, &namespace, &name);
+    futures::pin_mut!(stream);
+    let mut listed: Option<ConfigMap> = None;
+    loop {
+        let event = tokio::select! {
+            _ = stop.shutdown.cancelled() => return Ok(()),
+            ev = stream.try_next() => ev,
+        };
+        match event {
+            Ok(Some(watcher::Event::Init)) => listed = None,
+            Ok(Some(watcher::Event::InitApply(cm))) => listed = Some(cm),
+            Ok(Some(watcher::Event::InitDone)) => {
+                ctx.config_changed(listed.take().as_ref()).await;
+                synced.config_synced();
+            }
+            Ok(Some(watcher::Event::Apply(cm))) => ctx.config_changed(Some(&cm)).await,
+            Ok(Some(watcher::Event::Delete(_))) => ctx.config_changed(None).await,
+            Ok(None) => return Ok(()),
+            // The backoff retries; a failing watch is logged, never fatal.
+            Err(e) => tracing::warn!(error = %e, "ConfigMap watch error"),
+        }
+    }
+}
+
 /// The cluster's primary family: the first family of the `default/kubernetes` Service.
 async fn primary_family(client: &kube::Client) -> Family {
     let api: Api<Service> = Api::namespaced(client.clone(), "default");
-    match api.get("kubernetes").await {
-        Ok(svc) => svc
+    match tokio::time::timeout(API_CALL_TIMEOUT, api.get("kubernetes")).await {
+        Ok(Ok(svc)) => svc
             .spec
             .and_then(|s| s.ip_families)
             .and_then(|f| f.first().and_then(|f| Family::from_k8s(f)))
             .unwrap_or(Family::V4),
-        Err(e) => {
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "cannot read default/kubernetes to learn the primary IP family; assuming IPv4 (set --default-ip-family)");
+            Family::V4
+        }
+        Err(_) => {
+            tracing::warn!(
+                "reading default/kubernetes timed out; assuming IPv4 (set --default-ip-family)"
+            );
             Family::V4
         }
     }

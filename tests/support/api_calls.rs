@@ -113,8 +113,9 @@ pub const API_CALLS: &[ApiCall] = &[
         At::In(NAMESPACE),
         Some(CONFIG_MAP),
     ),
-    // Leader election of the reconciler: get and update to acquire, renew and release; create
-    // by the first candidate (the name is in the body, so no name here).
+    // Leader election: get and update to acquire, renew and release; list and watch (field
+    // selector metadata.name) so a released Lease wakes the candidates at once. The Lease itself
+    // is created by the manifests (manifest/base/lease.yaml): RBAC cannot limit `create` by name.
     call(
         For::Both,
         "coordination.k8s.io",
@@ -135,11 +136,20 @@ pub const API_CALLS: &[ApiCall] = &[
         For::Both,
         "coordination.k8s.io",
         "leases",
-        "create",
+        "list",
         At::In(NAMESPACE),
-        None,
+        Some(NAME),
     ),
-    // Self-signed bootstrap: the certificate Secret and our webhook's caBundle.
+    call(
+        For::Both,
+        "coordination.k8s.io",
+        "leases",
+        "watch",
+        At::In(NAMESPACE),
+        Some(NAME),
+    ),
+    // Self-signed bootstrap: the certificate Secret (created empty by the self-signed overlay,
+    // filled and renewed by update) and our webhook's caBundle.
     call(
         For::SelfSigned,
         "",
@@ -155,14 +165,6 @@ pub const API_CALLS: &[ApiCall] = &[
         "update",
         At::In(NAMESPACE),
         Some(SELF_SIGNED_SECRET),
-    ),
-    call(
-        For::SelfSigned,
-        "",
-        "secrets",
-        "create",
-        At::In(NAMESPACE),
-        None,
     ),
     call(
         For::SelfSigned,

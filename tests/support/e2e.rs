@@ -62,7 +62,7 @@ impl E2e {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        Some(E2e {
+        let t = E2e {
             cp,
             client,
             ns,
@@ -71,7 +71,9 @@ impl E2e {
             port,
             certs,
             ca_pem: tls.ca_cert_pem,
-        })
+        };
+        t.create_lease().await;
+        Some(t)
     }
 
     /// The ConfigMap key of this test's namespace pool (`range-<ns>`, `cidr-<ns>`, ...). Tests use
@@ -94,6 +96,20 @@ impl E2e {
 
     pub fn services(&self) -> Api<Service> {
         Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// The leader-election Lease as `manifest/base/lease.yaml` ships it (holder-less), in the
+    /// test's namespace: the binary never creates it (RBAC has no `create` on leases).
+    pub async fn create_lease(&self) {
+        let path = repo().join("manifest/base/lease.yaml");
+        let text = std::fs::read_to_string(&path).expect("read lease manifest");
+        let mut lease: k8s_openapi::api::coordination::v1::Lease =
+            serde_yaml_ng::from_str(&text).expect("lease manifest");
+        lease.metadata.namespace = Some(self.ns.clone());
+        Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(self.client.clone(), &self.ns)
+            .create(&PostParams::default(), &lease)
+            .await
+            .expect("create the Lease");
     }
 
     /// Create or replace the pool ConfigMap `kubevip` in the test namespace.

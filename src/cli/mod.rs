@@ -1,9 +1,14 @@
 //! Command line: `serve` and `plan`. Flags have environment fallbacks where the peer had them.
+//! Arguments are parsed and checked here; the rest of the crate gets plain settings.
+
+mod serve;
 
 use std::path::PathBuf;
 
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use serve::{ClusterArgs, ServeArgs, start};
 
 use crate::engine::{ClassMode, DEFAULT_CLASS, Options};
 use crate::ipam::Family;
@@ -22,7 +27,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTPS admission webhook, the reconciler and the admin port.
-    Serve(Box<crate::serve::ServeArgs>),
+    Serve(Box<ServeArgs>),
     /// Offline: what each Service would get, from files, without a cluster.
     Plan(PlanArgs),
 }
@@ -103,6 +108,17 @@ pub struct PlanArgs {
     pub allocation: AllocationArgs,
     #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
     pub output: OutputFormat,
+}
+
+/// Run the parsed command (`main` only installs the TLS provider and parses).
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Plan(args) => run_plan(args),
+        Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(serve::run(*args)),
+    }
 }
 
 /// `plan`: print the plan; an unreadable input is the only error.
