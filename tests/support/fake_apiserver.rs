@@ -192,6 +192,8 @@ struct Fault {
 #[derive(Default)]
 struct Control {
     faults: Vec<Fault>,
+    /// Requests matching any of these wait (an apiserver that stopped answering) until removed.
+    hangs: Vec<Matcher>,
     log: Vec<RequestRecord>,
     bookmark_interval: Option<Duration>,
 }
@@ -206,6 +208,8 @@ struct Inner {
     kill_tx: tokio::sync::watch::Sender<u64>,
     /// While true, new WATCH requests wait before opening.
     hold_tx: tokio::sync::watch::Sender<bool>,
+    /// Bumped when hangs are lifted; hung requests look again.
+    unhang_tx: tokio::sync::watch::Sender<u64>,
     open_tx: tokio::sync::watch::Sender<usize>,
 }
 
@@ -238,6 +242,16 @@ impl Inner {
     }
 
     /// Records the request and returns the injected error, if a fault matches.
+    /// Wait while `record` matches an injected hang (logged once it goes on).
+    async fn wait_while_hung(&self, record: &RequestRecord) {
+        let mut rx = self.unhang_tx.subscribe();
+        while self.with_control(|c| c.hangs.iter().any(|m| m.matches(record))) {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     fn log_and_check_faults(&self, record: RequestRecord) -> Option<ApiError> {
         self.with_control(|c| {
             let hit = c
@@ -252,6 +266,20 @@ impl Inner {
             c.log.push(record);
             err
         })
+    }
+}
+
+/// Switch of a [`FakeApiServer::partitionable_client`].
+#[derive(Clone)]
+pub struct Partition(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Partition {
+    pub fn cut(&self) {
+        self.0.send_replace(true);
+    }
+
+    pub fn heal(&self) {
+        self.0.send_replace(false);
     }
 }
 
@@ -290,6 +318,7 @@ impl FakeApiServer {
                 watch_calls: AtomicU64::new(0),
                 kill_tx: tokio::sync::watch::Sender::new(0),
                 hold_tx: tokio::sync::watch::Sender::new(false),
+                unhang_tx: tokio::sync::watch::Sender::new(0),
                 open_tx: tokio::sync::watch::Sender::new(0),
             }),
         }
@@ -306,6 +335,23 @@ impl FakeApiServer {
     /// Must be called inside a Tokio runtime.
     pub fn client(&self) -> kube::Client {
         kube::Client::new(self.router(), "default")
+    }
+
+    /// A client that can be cut off from this fake alone (a network partition, or an apiserver
+    /// that stopped answering it): while cut, its requests wait; other clients are served.
+    pub fn partitionable_client(&self) -> (kube::Client, Partition) {
+        let partition = Partition(Arc::new(tokio::sync::watch::Sender::new(false)));
+        let gate = partition.clone();
+        let router = self.router().layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let mut open = gate.0.subscribe();
+                async move {
+                    let _ = open.wait_for(|cut| !*cut).await;
+                    next.run(req).await
+                }
+            },
+        ));
+        (kube::Client::new(router, "default"), partition)
     }
 
     /// Serves the fake on `127.0.0.1:<ephemeral>` over plain HTTP until the returned value drops.
@@ -492,6 +538,18 @@ impl FakeApiServer {
 
     pub fn clear_faults(&self) {
         self.inner.with_control(|c| c.faults.clear());
+    }
+
+    /// Requests matching `matcher` get no answer (they wait) until [`unhang`](Self::unhang): an
+    /// apiserver that accepts connections but stops answering.
+    pub fn hang(&self, matcher: Matcher) {
+        self.inner.with_control(|c| c.hangs.push(matcher));
+    }
+
+    /// Hung requests go on (and later ones are answered).
+    pub fn unhang(&self) {
+        self.inner.with_control(|c| c.hangs.clear());
+        self.inner.unhang_tx.send_modify(|n| *n += 1);
     }
 
     // ---- watches ----

@@ -207,6 +207,7 @@ pub async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
     let route = route(&inner, parts.uri.path());
     let record = record_of(&parts.method, &parts.uri, &parts.headers, &route, &params);
     let verb = record.verb.clone();
+    inner.wait_while_hung(&record).await;
     if let Some(err) = inner.log_and_check_faults(record) {
         return err.into_response();
     }

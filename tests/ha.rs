@@ -1,0 +1,192 @@
+//! High availability against the fake apiserver, for what a real one cannot do on demand: a
+//! leader cut off from the apiserver, a Service LIST that never answers.
+//! (Failover with real processes, SIGKILL and SIGTERM, is in `e2e_ha.rs` on a real apiserver.)
+
+#[path = "support/fake_apiserver.rs"]
+mod fake_apiserver;
+#[path = "support/replica.rs"]
+mod replica;
+#[path = "support/reviews.rs"]
+mod reviews;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use fake_apiserver::{FakeApiServer, Matcher};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ConfigMap;
+use serde_json::json;
+
+/// A hang guard, not a timing claim.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The pool ConfigMap and the holder-less Lease the manifests ship.
+fn cluster() -> FakeApiServer {
+    let fake = FakeApiServer::new();
+    let data: BTreeMap<String, String> =
+        BTreeMap::from([("cidr-global".into(), "10.9.0.0/24".into())]);
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "kubevip", "namespace": "kube-system"}, "data": data
+    }))
+    .expect("configmap");
+    fake.insert(&cm).expect("insert configmap");
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": "kube-vip-webhook", "namespace": "kube-system"}, "spec": {}
+    }))
+    .expect("lease");
+    fake.insert(&lease).expect("insert lease");
+    fake
+}
+
+fn holder(fake: &FakeApiServer) -> Option<String> {
+    fake.get::<Lease>(Some("kube-system"), "kube-vip-webhook")?
+        .spec?
+        .holder_identity
+}
+
+/// Does the replica at `addr` allocate right now? A dry-run CREATE (reserves nothing) marked as
+/// forwarded (so it is decided there or not at all, never passed on).
+async fn allocates(client: &reqwest::Client, addr: std::net::SocketAddr) -> bool {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let review = reviews::create(&format!("probe-{n}"), "p", &format!("p{n}"), true);
+    reviews::address(&reviews::send(client, addr, &review, true).await).is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_apiserver_stops_allocating_before_another_takes_over() {
+    let fake = cluster();
+    let certs = replica::certs();
+    let http = reviews::client(&certs.ca_pem);
+    let (client_a, partition) = fake.partitionable_client();
+    let a = replica::start(client_a, &replica::args(&certs, "a", &[])).await;
+    eventually("a to allocate", || async {
+        allocates(&http, a.webhook_addr).await.then_some(())
+    })
+    .await;
+    let b = replica::start(fake.client(), &replica::args(&certs, "b", &[])).await;
+    eventually("b to be ready", || async { b.readiness.is_ready().then_some(()) }).await;
+    assert!(!allocates(&http, b.webhook_addr).await, "b follows");
+
+    // Every apiserver call of a now hangs: its renewals never return.
+    partition.cut();
+    let mut a_last = None;
+    let started = Instant::now();
+    let b_first = loop {
+        let now = Instant::now();
+        if allocates(&http, a.webhook_addr).await {
+            a_last = Some(now);
+        }
+        if allocates(&http, b.webhook_addr).await {
+            break Instant::now();
+        }
+        assert!(started.elapsed() < PATIENCE, "b never took over");
+    };
+    let a_last = a_last.expect("a allocated for a while after the cut (its term ran on)");
+    assert!(
+        a_last < b_first,
+        "a allocated until {:?} after b started",
+        a_last - b_first
+    );
+    for _ in 0..10 {
+        assert!(
+            !allocates(&http, a.webhook_addr).await,
+            "a must not allocate again"
+        );
+    }
+    assert!(
+        holder(&fake).is_some_and(|h| h.starts_with("b_")),
+        "{:?}",
+        holder(&fake)
+    );
+    partition.heal();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_does_not_allocate_before_its_cache_has_synced() {
+    let fake = cluster();
+    let certs = replica::certs();
+    let http = reviews::client(&certs.ca_pem);
+    let (client_a, partition) = fake.partitionable_client();
+    let _a = replica::start(client_a, &replica::args(&certs, "a", &[])).await;
+    eventually("a to allocate", || async {
+        allocates(&http, _a.webhook_addr).await.then_some(())
+    })
+    .await;
+    let first = holder(&fake).expect("a holds the Lease");
+    // a dies (nothing of it reaches the apiserver any more) and comes back as a new process
+    // with the same pod name, whose Service LIST does not answer.
+    partition.cut();
+    fake.hang(Matcher::any().verb("list").resource("services"));
+    let again = replica::start(fake.client(), &replica::args(&certs, "a", &[])).await;
+    let second = eventually("the restarted process to take the Lease", || async {
+        holder(&fake).filter(|h| *h != first)
+    })
+    .await;
+    assert!(second.starts_with("a_"), "{second}");
+    for _ in 0..20 {
+        assert!(
+            !allocates(&http, again.webhook_addr).await,
+            "leads with an unsynced cache: must not allocate"
+        );
+    }
+    assert!(!again.readiness.is_ready());
+    fake.unhang();
+    eventually("allocation once synced", || async {
+        allocates(&http, again.webhook_addr).await.then_some(())
+    })
+    .await;
+    partition.heal();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_honours_the_forwarded_marker() {
+    let fake = cluster();
+    let certs = replica::certs();
+    let http = reviews::client(&certs.ca_pem);
+    let a = replica::start(fake.client(), &replica::args(&certs, "a", &[])).await;
+    eventually("a to allocate", || async {
+        allocates(&http, a.webhook_addr).await.then_some(())
+    })
+    .await;
+    let b = replica::start(fake.client(), &replica::args(&certs, "b", &[])).await;
+    eventually("b to know the leader", || async {
+        // Unmarked, b forwards to a: the answer carries an address.
+        let review = reviews::create("known", "p", "known", true);
+        reviews::address(&reviews::send(&http, b.webhook_addr, &review, false).await)
+    })
+    .await;
+
+    // Marked as forwarded, sent to the follower: validated only, nothing held anywhere.
+    let review = reviews::create("marked", "f", "marked", false);
+    let answer = reviews::send(&http, b.webhook_addr, &review, true).await;
+    assert_eq!(reviews::address(&answer), None, "{answer}");
+    assert_eq!(answer["response"]["allowed"], true);
+    let warned = answer["response"]["warnings"].to_string();
+    assert!(warned.contains("not the allocating leader"), "{warned}");
+    assert_eq!(b.allocator.reservations(), 0);
+    assert_eq!(a.allocator.reservations(), 0);
+
+    // Unmarked, the follower forwards it and the leader holds the address.
+    let review = reviews::create("unmarked", "f", "unmarked", false);
+    let answer = reviews::send(&http, b.webhook_addr, &review, false).await;
+    assert!(reviews::address(&answer).is_some(), "{answer}");
+    assert_eq!(a.allocator.reservations(), 1);
+    assert_eq!(b.allocator.reservations(), 0);
+}
