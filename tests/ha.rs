@@ -81,7 +81,10 @@ async fn a_leader_cut_off_from_the_apiserver_stops_allocating_before_another_tak
     })
     .await;
     let b = replica::start(fake.client(), &replica::args(&certs, "b", &[])).await;
-    eventually("b to be ready", || async { b.readiness.is_ready().then_some(()) }).await;
+    eventually("b to be ready", || async {
+        b.readiness.is_ready().then_some(())
+    })
+    .await;
     assert!(!allocates(&http, b.webhook_addr).await, "b follows");
 
     // Every apiserver call of a now hangs: its renewals never return.

@@ -34,6 +34,10 @@ const BACKOFF_BASE: Duration = Duration::from_millis(200);
 /// A Service the apiserver keeps failing for is still retried this often (a transient outage
 /// ends; a permanent refusal is not retried at all until the Service changes).
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Reconciles in flight at once. After a failover hundreds of Services may wait; unbounded,
+/// each would open its own connection to the apiserver (HTTP/1.1) and the burst would be slower
+/// than a few keep-alive connections in parallel.
+const CONCURRENCY: u16 = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -103,6 +107,7 @@ pub async fn run(
         failures: Failures::default(),
     });
     Controller::for_stream(stream, reader)
+        .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
         .reconcile_on(wake)
         .reconcile_all_on(started)
         .graceful_shutdown_on(async move { shutdown.cancelled().await })

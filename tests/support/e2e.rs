@@ -169,8 +169,14 @@ impl E2e {
             .await;
     }
 
-    /// Flags for one replica of the webhook serving this test (files route, admin credentials).
+    /// Flags for one replica of the webhook serving this test (files route, admin credentials),
+    /// on the port the registration points at.
     pub fn webhook_args(&self, pod: &str, extra: &[&str]) -> Vec<String> {
+        self.webhook_args_on(pod, &format!("127.0.0.1:{}", self.port), extra)
+    }
+
+    /// [`webhook_args`](Self::webhook_args) listening on `listen` (replicas behind a proxy).
+    pub fn webhook_args_on(&self, pod: &str, listen: &str, extra: &[&str]) -> Vec<String> {
         let dir = self.certs.path();
         let p = |f: &str| dir.join(f).display().to_string();
         let mut args: Vec<String> = [
@@ -178,7 +184,7 @@ impl E2e {
             "--kubeconfig",
             &self.cp.kubeconfig.display().to_string(),
             "--listen",
-            &format!("127.0.0.1:{}", self.port),
+            listen,
             "--admin-listen",
             "127.0.0.1:0",
             "--tls-cert-file",

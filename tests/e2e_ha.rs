@@ -1,0 +1,225 @@
+//! Failover on a real kube-apiserver (envtest): three replicas of the real binary behind a
+//! round-robin TCP proxy (what a Service does), the shipped registration pointing at the proxy,
+//! and the leader killed (SIGKILL) or stopped (SIGTERM) in the middle of 300 concurrent creates.
+//!
+//! Skips unless `KUBEBUILDER_ASSETS` points at kube-apiserver and etcd.
+
+#[path = "support/e2e.rs"]
+mod e2e;
+#[path = "support/envtest.rs"]
+mod envtest;
+#[path = "support/tcp_proxy.rs"]
+mod tcp_proxy;
+#[path = "support/webhook_proc.rs"]
+mod webhook_proc;
+
+use std::collections::{HashMap, HashSet};
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use e2e::{E2e, annotation, eventually, lb};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use kube::api::{ListParams, PostParams};
+use tcp_proxy::Proxy;
+use webhook_proc::WebhookProc;
+
+/// The shipped default (`--lease-duration-seconds`).
+const LEASE_DURATION: Duration = Duration::from_secs(15);
+const CREATES: usize = 300;
+/// The leader is stopped once this many creates have been answered.
+const STOP_AFTER: usize = 100;
+/// Creates in flight at once.
+const CONCURRENCY: usize = 10;
+
+/// One failover at a time: the replicas, the apiserver and the test share two cores, and the
+/// bounds below are about failover, not about CPU contention between two of them.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct Ha {
+    t: E2e,
+    replicas: Vec<WebhookProc>,
+    _proxy: Proxy,
+}
+
+async fn three_replicas(prefix: &str) -> Option<Ha> {
+    let t = E2e::new(prefix).await?;
+    // Two /24s: room for 300 Services.
+    let (second, _) = t.cp.unique_pool();
+    t.set_config(&[(&t.key("cidr"), &format!("{},{second}", t.pool))])
+        .await;
+    t.register().await;
+    let mut replicas = Vec::new();
+    for i in 0..3 {
+        let pod = format!("{prefix}-{i}");
+        let args = t.webhook_args_on(&pod, "127.0.0.1:0", &[]);
+        replicas.push(WebhookProc::spawn(&pod, &args, &[]).await);
+    }
+    for r in &replicas {
+        r.ready(e2e::PATIENCE).await;
+    }
+    let listen = format!("127.0.0.1:{}", t.port).parse().expect("addr");
+    let proxy = Proxy::start(listen, replicas.iter().map(|r| r.webhook).collect()).await;
+    t.wait_active().await;
+    Some(Ha {
+        t,
+        replicas,
+        _proxy: proxy,
+    })
+}
+
+impl Ha {
+    async fn holder(&self) -> Option<String> {
+        let leases: Api<Lease> = Api::namespaced(self.t.client.clone(), &self.t.ns);
+        leases
+            .get_opt("kube-vip-webhook")
+            .await
+            .ok()??
+            .spec?
+            .holder_identity
+            .filter(|h| !h.is_empty())
+    }
+
+    /// Index of the replica holding the Lease (identity = pod name + `_` + nonce).
+    async fn leader(&self) -> usize {
+        let holder = eventually("a leader", || self.holder()).await;
+        self.replicas
+            .iter()
+            .position(|r| holder.starts_with(&format!("{}_", r.name)))
+            .unwrap_or_else(|| panic!("holder {holder} is none of the replicas"))
+    }
+
+    /// 300 creates, 10 at a time (so most of them really come after the stop); `stop` runs once
+    /// STOP_AFTER have been answered. Every create must be admitted. Returns when `stop` ran.
+    async fn creates_with_a_stop_in_the_middle(&self, stop: impl FnOnce()) -> Instant {
+        use futures::StreamExt;
+        let answered = Arc::new(AtomicUsize::new(0));
+        let api = self.t.services();
+        let creates = futures::stream::iter(0..CREATES)
+            .map(|i| {
+                let (api, answered) = (api.clone(), answered.clone());
+                async move {
+                    let r = api
+                        .create(&PostParams::default(), &lb(&format!("s{i}"), 80))
+                        .await;
+                    answered.fetch_add(1, Ordering::SeqCst);
+                    r.map(|_| ())
+                        .unwrap_or_else(|e| panic!("create s{i} must be admitted: {e}"));
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect::<Vec<()>>();
+        let stopper = async {
+            while answered.load(Ordering::SeqCst) < STOP_AFTER {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            stop();
+            Instant::now()
+        };
+        let (_, stopped) = tokio::join!(creates, stopper);
+        stopped
+    }
+
+    /// When the Lease first names a holder other than `first` (polled every 10 ms from now on).
+    fn watch_handover(&self, first: String) -> tokio::task::JoinHandle<(String, Instant)> {
+        let leases: Api<Lease> = Api::namespaced(self.t.client.clone(), &self.t.ns);
+        tokio::spawn(async move {
+            loop {
+                if let Ok(Some(l)) = leases.get_opt("kube-vip-webhook").await
+                    && let Some(h) = l.spec.and_then(|s| s.holder_identity)
+                    && !h.is_empty()
+                    && h != first
+                {
+                    return (h, Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    }
+
+    /// Every Service has an address and no address is held twice; when that was first true.
+    async fn all_assigned(&self) -> Instant {
+        eventually("every Service to have an address", || async {
+            let list = self.t.services().list(&ListParams::default()).await.ok()?;
+            let mut by_ip: HashMap<String, String> = HashMap::new();
+            let mut missing = 0;
+            for svc in &list.items {
+                let name = svc.metadata.name.clone().unwrap_or_default();
+                match annotation(svc) {
+                    Some(ip) => {
+                        if let Some(other) = by_ip.insert(ip.clone(), name.clone()) {
+                            panic!("{ip} is held by both {other} and {name}");
+                        }
+                    }
+                    None => missing += 1,
+                }
+            }
+            (list.items.len() == CREATES && missing == 0).then_some(Instant::now())
+        })
+        .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_mid_burst_every_service_gets_a_distinct_address() {
+    let _serial = SERIAL.lock().await;
+    let Some(mut ha) = three_replicas("ha-kill").await else {
+        return;
+    };
+    let leader = ha.leader().await;
+    let first = ha.holder().await;
+    let pid = ha.replicas[leader].pid().expect("running");
+    let killed = ha
+        .creates_with_a_stop_in_the_middle(|| {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        })
+        .await;
+    let done = ha.all_assigned().await;
+    let took = done - killed;
+    eprintln!("SIGKILL of the leader: every Service had an address {took:?} after the kill");
+    assert!(
+        took <= LEASE_DURATION + Duration::from_secs(3),
+        "took {took:?} (lease duration {LEASE_DURATION:?} + 3 s)"
+    );
+    assert_ne!(ha.holder().await, first, "another replica leads");
+    ha.replicas[leader].kill();
+    for (i, r) in ha.replicas.iter().enumerate() {
+        if i != leader {
+            assert!(r.log_lines("panicked").is_empty());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_stopped_gracefully_hands_over_within_two_seconds() {
+    let _serial = SERIAL.lock().await;
+    let Some(mut ha) = three_replicas("ha-term").await else {
+        return;
+    };
+    let leader = ha.leader().await;
+    let first = ha.holder().await.expect("holder");
+    let handover = ha.watch_handover(first);
+    let stopping = ha
+        .creates_with_a_stop_in_the_middle(|| ha.replicas[leader].terminate())
+        .await;
+    let (next, at) = handover.await.expect("handover watcher");
+    let took = at - stopping;
+    eprintln!("SIGTERM of the leader: {next} leads {took:?} later");
+    assert!(took < Duration::from_secs(2), "handover took {took:?}");
+    let done = ha.all_assigned().await;
+    eprintln!(
+        "SIGTERM of the leader: every Service had an address {:?} after it",
+        done - stopping
+    );
+    let code = ha.replicas[leader].wait_exit(e2e::PATIENCE).await;
+    assert_eq!(code, Some(0), "a clean exit after the graceful stop");
+    let released: HashSet<_> = ha.replicas[leader]
+        .log_lines("released the Lease")
+        .into_iter()
+        .collect();
+    assert_eq!(released.len(), 1);
+}
