@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -33,7 +33,10 @@ use serde_json::Value;
 
 #[path = "support/api_calls.rs"]
 mod api_calls;
+#[path = "support/kustomize.rs"]
+mod kustomize;
 use api_calls::{API_CALLS, ApiCall, At, For, calls_for};
+use kustomize::{Doc, identity, load_docs, rel, render, repo, str_at};
 
 // ---------------------------------------------------------------------------------------------
 // The fixed names the binary is written against.
@@ -239,24 +242,6 @@ enum Obj {
     Secret(Box<Secret>),
 }
 
-/// One YAML document and where it came from.
-#[derive(Debug, Clone)]
-struct Doc {
-    origin: String,
-    value: Value,
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn rel(path: &Path) -> String {
-    path.strip_prefix(repo())
-        .unwrap_or(path)
-        .display()
-        .to_string()
-}
-
 /// Reads into `T` and back; any field `T` does not know (or re-types) is reported.
 fn round_trip<T: DeserializeOwned + Serialize>(value: &Value) -> Result<T, String> {
     let typed: T =
@@ -347,31 +332,6 @@ fn typed(doc: &Doc) -> Result<Obj, String> {
     Ok(obj)
 }
 
-/// Every document of a YAML file; the items of a `List` count as documents.
-fn load_docs(path: &Path) -> Result<Vec<Doc>, String> {
-    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", rel(path)))?;
-    let mut docs = Vec::new();
-    for (i, de) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
-        let origin = format!("{} (document {})", rel(path), i + 1);
-        let value = Value::deserialize(de).map_err(|e| format!("{origin}: {e}"))?;
-        match &value {
-            Value::Null => {}
-            Value::Object(_) if value["kind"] == "List" => {
-                let items = value["items"].as_array().cloned().unwrap_or_default();
-                for (j, item) in items.into_iter().enumerate() {
-                    docs.push(Doc {
-                        origin: format!("{origin} item {j}"),
-                        value: item,
-                    });
-                }
-            }
-            Value::Object(_) => docs.push(Doc { origin, value }),
-            _ => return Err(format!("{origin}: not a Kubernetes object")),
-        }
-    }
-    Ok(docs)
-}
-
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let mut entries: Vec<PathBuf> = fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{}: {e}", rel(dir)))
@@ -397,160 +357,6 @@ fn all_yaml_files() -> Vec<PathBuf> {
 
 fn is_kustomization(p: &Path) -> bool {
     p.file_name().is_some_and(|n| n == "kustomization.yaml")
-}
-
-// ---------------------------------------------------------------------------------------------
-// A small kustomize: `resources` (files, or directories with their own kustomization) and
-// JSON 6902 `patches` with a target. Unknown fields are refused, so a kustomization cannot
-// silently do more than this renderer understands.
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct Kustomization {
-    api_version: String,
-    kind: String,
-    #[serde(default)]
-    resources: Vec<String>,
-    #[serde(default)]
-    patches: Vec<KPatch>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KPatch {
-    target: KTarget,
-    patch: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KTarget {
-    group: Option<String>,
-    version: Option<String>,
-    kind: String,
-    name: String,
-    namespace: Option<String>,
-}
-
-#[derive(Debug, Default)]
-struct Rendered {
-    docs: Vec<Doc>,
-    /// Every file read, kustomizations included.
-    files: BTreeSet<PathBuf>,
-}
-
-fn group_version(v: &Value) -> (String, String) {
-    let av = v["apiVersion"].as_str().unwrap_or_default();
-    match av.split_once('/') {
-        Some((g, ver)) => (g.to_string(), ver.to_string()),
-        None => (String::new(), av.to_string()),
-    }
-}
-
-fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-}
-
-/// Kustomize's resource identity: group, kind, namespace, name.
-fn identity(v: &Value) -> String {
-    let (group, _) = group_version(v);
-    format!(
-        "{}/{} {}/{}",
-        group,
-        str_at(v, "/kind"),
-        str_at(v, "/metadata/namespace"),
-        str_at(v, "/metadata/name")
-    )
-}
-
-fn render(dir: &Path) -> Result<Rendered, String> {
-    let kfile = dir.join("kustomization.yaml");
-    let text = fs::read_to_string(&kfile).map_err(|e| format!("{}: {e}", rel(&kfile)))?;
-    let k: Kustomization =
-        serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", rel(&kfile)))?;
-    if k.api_version != "kustomize.config.k8s.io/v1beta1" || k.kind != "Kustomization" {
-        return Err(format!(
-            "{}: not a kustomize v1beta1 Kustomization",
-            rel(&kfile)
-        ));
-    }
-    let mut out = Rendered::default();
-    out.files.insert(kfile.clone());
-    for r in &k.resources {
-        let path = dir.join(r);
-        if path.is_dir() {
-            if !path.join("kustomization.yaml").is_file() {
-                return Err(format!(
-                    "{}: {r} is a directory without kustomization.yaml",
-                    rel(&kfile)
-                ));
-            }
-            let sub = render(&path)?;
-            out.docs.extend(sub.docs);
-            out.files.extend(sub.files);
-        } else if path.is_file() {
-            // kustomize's default load restrictor: files only from inside the kustomization root.
-            if !Path::new(r)
-                .components()
-                .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-            {
-                return Err(format!(
-                    "{}: file {r} is outside the kustomization root (load restrictor)",
-                    rel(&kfile)
-                ));
-            }
-            out.docs.extend(load_docs(&path)?);
-            out.files.insert(path);
-        } else {
-            return Err(format!("{}: resource {r} does not exist", rel(&kfile)));
-        }
-    }
-    for p in &k.patches {
-        let ops: Value = serde_yaml_ng::from_str(&p.patch)
-            .map_err(|e| format!("{}: patch: {e}", rel(&kfile)))?;
-        let ops: json_patch::Patch = serde_json::from_value(ops)
-            .map_err(|e| format!("{}: patch is not a JSON 6902 patch: {e}", rel(&kfile)))?;
-        let t = &p.target;
-        let targets: Vec<&mut Doc> = out
-            .docs
-            .iter_mut()
-            .filter(|d| {
-                let (g, ver) = group_version(&d.value);
-                str_at(&d.value, "/kind") == t.kind
-                    && str_at(&d.value, "/metadata/name") == t.name
-                    && t.namespace
-                        .as_deref()
-                        .is_none_or(|ns| str_at(&d.value, "/metadata/namespace") == ns)
-                    && t.group.as_deref().is_none_or(|tg| tg == g)
-                    && t.version.as_deref().is_none_or(|tv| tv == ver)
-            })
-            .collect();
-        let [doc] = <[&mut Doc; 1]>::try_from(targets).map_err(|found| {
-            format!(
-                "{}: patch target {} {} matches {} objects, expected 1",
-                rel(&kfile),
-                t.kind,
-                t.name,
-                found.len()
-            )
-        })?;
-        json_patch::patch(&mut doc.value, &ops)
-            .map_err(|e| format!("{}: patch on {}: {e}", rel(&kfile), doc.origin))?;
-        doc.origin = format!("{} patched by {}", doc.origin, rel(&kfile));
-    }
-    let mut seen = BTreeSet::new();
-    for d in &out.docs {
-        if !seen.insert(identity(&d.value)) {
-            return Err(format!(
-                "{}: {} is declared twice",
-                rel(&kfile),
-                identity(&d.value)
-            ));
-        }
-    }
-    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------
