@@ -186,12 +186,34 @@ impl Allocator {
     }
 
     /// Drop the reservation of request `id` (its write failed for good): its addresses are free
-    /// again at once instead of at the TTL.
-    pub fn release(&self, id: &str) {
+    /// again at once instead of at the TTL. With `svc`, also the other reservations made for
+    /// that same Service on those addresses: our own refused write came back through the webhook
+    /// as an UPDATE and was reserved there too, before the apiserver refused it.
+    pub fn release(&self, id: &str, svc: Option<&SvcInfo>) {
         let mut inner = self.lock();
         let id: Arc<str> = id.into();
-        if inner.reservations.remove(&id).is_some() {
-            inner.index.remove_holder(&HolderId::Reservation(id));
+        if inner.reservations.remove(&id).is_none() {
+            return;
+        }
+        let freed = inner.index.remove_holder(&HolderId::Reservation(id));
+        let Some(svc) = svc else {
+            return;
+        };
+        let echoes: Vec<Arc<str>> = freed
+            .iter()
+            .flat_map(|ip| inner.index.holders(*ip))
+            .filter_map(|h| match &h.id {
+                HolderId::Reservation(other)
+                    if inner.reservations.get(other).is_some_and(|r| r.is_for(svc)) =>
+                {
+                    Some(other.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        for other in echoes {
+            inner.reservations.remove(&other);
+            inner.index.remove_holder(&HolderId::Reservation(other));
         }
     }
 

@@ -289,3 +289,90 @@ async fn updates_pins_dry_run_and_generate_name() {
     }
     assert!(wh.log_lines("reconcile failed").is_empty());
 }
+
+/// What the reconciler's error handling relies on, as the real apiserver answers it: a merge
+/// patch carrying a stale resourceVersion is a 409 Conflict; an invalid object is a 422.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apiserver_answers_stale_writes_409_and_invalid_ones_422() {
+    let Some(t) = E2e::new("codes").await else {
+        return;
+    };
+    let api = t.services();
+    let svc = api
+        .create(&PostParams::default(), &lb("s", 80))
+        .await
+        .expect("create");
+    let rv = svc.metadata.resource_version.clone().expect("rv");
+    api.patch(
+        "s",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"x": "1"}}})),
+    )
+    .await
+    .expect("bump the resourceVersion");
+    let code = |r: Result<k8s_openapi::api::core::v1::Service, kube::Error>| match r {
+        Err(kube::Error::Api(s)) => s.code,
+        other => panic!("expected an API error, got {other:?}"),
+    };
+    let stale = api
+        .patch(
+            "s",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"resourceVersion": rv, "labels": {"y": "1"}}})),
+        )
+        .await;
+    assert_eq!(code(stale), 409);
+    let invalid = api
+        .patch(
+            "s",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"big": "x".repeat(300 * 1024)}}})),
+        )
+        .await;
+    assert_eq!(code(invalid), 422);
+}
+
+/// A write the apiserver refuses for good (here: annotations over the 256 KiB limit once ours is
+/// added) is not retried in a loop; its address is free again at once (not after the TTL), and
+/// an Event says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_write_frees_its_address_and_says_why() {
+    let Some(t) = E2e::new("refused").await else {
+        return;
+    };
+    t.set_config(&[(&t.key("range"), &t.range(1, 10))]).await;
+    let api = t.services();
+    // 256 KiB is the limit for all annotations together; leave no room for ours.
+    let mut huge = lb("huge", 80);
+    huge.metadata.annotations = Some([("filler".to_string(), "x".repeat(262_144 - 6))].into());
+    api.create(&PostParams::default(), &huge)
+        .await
+        .expect("create at the limit");
+    t.register().await;
+    let wh = t.start_webhook("refused-0", &[]).await;
+    eventually("the refusal", || async {
+        (!wh.log_lines("write refused").is_empty()).then_some(())
+    })
+    .await;
+    let event = eventually("an AllocationFailed Event on huge", || async {
+        let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+            kube::Api::namespaced(t.client.clone(), &t.ns);
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items.into_iter().find(|e| {
+            e.reason.as_deref() == Some("AllocationFailed")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("huge")
+        })
+    })
+    .await;
+    let note = event.note.unwrap_or_default();
+    assert!(note.contains("refused"), "{note}");
+    // The address huge was offered is free at once: the next Service gets it.
+    let next = api
+        .create(&PostParams::default(), &lb("next", 80))
+        .await
+        .expect("create");
+    assert_eq!(annotation(&next), Some(t.ip(1)));
+    // Not retried in a loop: one refusal until huge changes.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(wh.log_lines("write refused").len(), 1);
+}

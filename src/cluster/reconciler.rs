@@ -201,13 +201,14 @@ async fn reconcile(svc: Arc<Service>, r: Arc<Reconciler>) -> Result<Action, Reco
                 Err(ReconcileError::Stale)
             }
             Failure::Gone => {
-                ctx.allocator.release(&id);
+                ctx.allocator.release(&id, Some(&info));
                 Ok(Action::await_change())
             }
             Failure::Refused => {
-                // Retrying the same write cannot succeed: free the address now, say why, and
-                // try again only when the Service changes.
-                ctx.allocator.release(&id);
+                // Retrying the same write cannot succeed: free the address now (also where our
+                // webhook reserved it for the echo of this write), say why, and try again only
+                // when the Service changes.
+                ctx.allocator.release(&id, Some(&info));
                 ctx.metrics.inc_reconcile("refused");
                 r.failures.clear(&obj);
                 let why = format!("the apiserver refused our write of the address annotation: {e}");
