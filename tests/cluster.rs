@@ -2,9 +2,10 @@
 //! caches, readiness, the reconciler, wake-ups, faults, Events, leader election.
 
 mod support;
+#[path = "support/wait.rs"]
+mod wait;
 
 use std::collections::{BTreeMap, HashSet};
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,7 @@ use kube_vip_webhook::service::SvcInfo;
 use kube_vip_webhook::state::Request;
 use serde_json::json;
 use support::fake_apiserver::{FakeApiServer, Matcher};
+use wait::eventually;
 
 const ANNOTATION: &str = "kube-vip.io/loadbalancerIPs";
 const FAST_LEASE: [&str; 8] = [
@@ -115,22 +117,6 @@ async fn start(fake: FakeApiServer, extra: &[&str]) -> Cluster {
         fake,
         running,
         _dir: dir,
-    }
-}
-
-/// Poll until `f` gives Some, failing the test after a generous deadline (not a timing claim).
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -486,150 +472,4 @@ async fn only_the_lease_holder_reconciles_and_a_standby_takes_over() {
     })
     .await;
     drop(b);
-}
-
-/// Two replicas answering admissions at once: the follower forwards to the lease holder, so
-/// one allocator decides and no address is handed out twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn followers_forward_admissions_to_the_leader() {
-    provider();
-    let fake = FakeApiServer::new();
-    fake.insert(&configmap(&[("cidr-global", "10.6.0.0/24")]))
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let name = "kube-vip-webhook.kube-system.svc";
-    let tls = kube_vip_webhook::tls::generate_self_signed(
-        &[name.into(), "localhost".into()],
-        Duration::from_secs(3600),
-    )
-    .unwrap();
-    for (f, pem) in [
-        ("ca.crt", &tls.ca_cert_pem),
-        ("tls.crt", &tls.cert_pem),
-        ("tls.key", &tls.key_pem),
-    ] {
-        std::fs::write(dir.path().join(f), pem).unwrap();
-    }
-    let p = |f: &str| dir.path().join(f).display().to_string();
-    let replica = |pod: &str| {
-        let argv = [
-            "kube-vip-webhook",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--tls-cert-file",
-            &p("tls.crt"),
-            "--tls-key-file",
-            &p("tls.key"),
-            "--tls-ca-file",
-            &p("ca.crt"),
-            "--default-ip-family",
-            "IPv4",
-            "--pod-ip",
-            "127.0.0.1",
-            "--pod-name",
-            pod,
-        ]
-        .into_iter()
-        .chain(FAST_LEASE)
-        .map(String::from)
-        .collect::<Vec<_>>();
-        match Cli::try_parse_from(argv).unwrap().command {
-            Command::Serve(a) => *a,
-            _ => unreachable!(),
-        }
-    };
-    let a = kube_vip_webhook::cluster::start_with_client(
-        replica("a").cluster_settings().unwrap(),
-        fake.client(),
-        Stop::default(),
-    )
-    .await
-    .unwrap();
-    eventually("a leads", || async {
-        let l = fake.get::<Lease>(Some("kube-system"), "kube-vip-webhook")?;
-        l.spec?.holder_identity?.starts_with("a_").then_some(())
-    })
-    .await;
-    let b = kube_vip_webhook::cluster::start_with_client(
-        replica("b").cluster_settings().unwrap(),
-        fake.client(),
-        Stop::default(),
-    )
-    .await
-    .unwrap();
-    for r in [&a, &b] {
-        eventually("ready", || async { r.readiness.is_ready().then_some(()) }).await;
-    }
-    // b has read the lease and knows where the leader is.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-
-    let client = reqwest::Client::builder()
-        .use_preconfigured_tls(
-            rustls::ClientConfig::builder()
-                .with_root_certificates({
-                    let mut roots = rustls::RootCertStore::empty();
-                    for c in rustls_pemfile::certs(&mut tls.ca_cert_pem.as_bytes()) {
-                        roots.add(c.unwrap()).unwrap();
-                    }
-                    roots
-                })
-                .with_no_client_auth(),
-        )
-        .build()
-        .unwrap();
-    let mut tasks = Vec::new();
-    for i in 0..80 {
-        let addr = if i % 2 == 0 {
-            a.webhook_addr
-        } else {
-            b.webhook_addr
-        };
-        let client = client.clone();
-        tasks.push(tokio::spawn(async move {
-            let review = json!({
-                "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-                "request": {
-                    "uid": format!("uid-{i}"), "kind": {"group": "", "version": "v1", "kind": "Service"},
-                    "resource": {"group": "", "version": "v1", "resource": "services"},
-                    "namespace": "f", "operation": "CREATE", "userInfo": {},
-                    "object": {"apiVersion": "v1", "kind": "Service",
-                               "metadata": {"name": format!("s{i}"), "namespace": "f"},
-                               "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]}}
-                }
-            });
-            let url = format!("https://localhost:{}/mutate", addr.port());
-            let resp: serde_json::Value = client.post(url).json(&review).send().await.unwrap().json().await.unwrap();
-            let patch = resp["response"]["patch"].as_str().unwrap_or_else(|| panic!("no patch: {resp}")).to_string();
-            use base64::Engine as _;
-            let ops: serde_json::Value = serde_json::from_slice(
-                &base64::engine::general_purpose::STANDARD.decode(patch).unwrap(),
-            )
-            .unwrap();
-            ops.as_array()
-                .unwrap()
-                .iter()
-                .find(|op| op["path"] == "/metadata/annotations/kube-vip.io~1loadbalancerIPs")
-                .unwrap()["value"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        }));
-    }
-    let mut ips = HashSet::new();
-    for t in tasks {
-        assert!(
-            ips.insert(t.await.unwrap()),
-            "an address was handed out twice"
-        );
-    }
-    assert_eq!(ips.len(), 80);
-    assert_eq!(
-        a.allocator.reservations(),
-        80,
-        "the leader decided every admission"
-    );
-    assert_eq!(b.allocator.reservations(), 0, "the follower decided none");
 }

@@ -8,6 +8,8 @@
 mod e2e;
 #[path = "support/envtest.rs"]
 mod envtest;
+#[path = "support/wait.rs"]
+mod wait;
 #[path = "support/webhook_proc.rs"]
 mod webhook_proc;
 

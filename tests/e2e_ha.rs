@@ -10,6 +10,8 @@ mod e2e;
 mod envtest;
 #[path = "support/tcp_proxy.rs"]
 mod tcp_proxy;
+#[path = "support/wait.rs"]
+mod wait;
 #[path = "support/webhook_proc.rs"]
 mod webhook_proc;
 

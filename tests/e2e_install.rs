@@ -9,6 +9,8 @@ mod e2e;
 mod envtest;
 #[path = "support/kustomize.rs"]
 mod kustomize;
+#[path = "support/wait.rs"]
+mod wait;
 #[path = "support/webhook_proc.rs"]
 mod webhook_proc;
 
@@ -93,9 +95,8 @@ async fn both_overlays_pass_strict_server_side_validation() {
     }
 }
 
-/// A container's env as the kubelet would set it for a pod named `pod` with IP 127.0.0.1.
-fn pod_env(deployment: &Deployment, pod: &str) -> Vec<(String, String)> {
-    let container = &deployment
+fn container(deployment: &Deployment) -> &k8s_openapi::api::core::v1::Container {
+    &deployment
         .spec
         .as_ref()
         .expect("spec")
@@ -103,7 +104,12 @@ fn pod_env(deployment: &Deployment, pod: &str) -> Vec<(String, String)> {
         .spec
         .as_ref()
         .expect("pod spec")
-        .containers[0];
+        .containers[0]
+}
+
+/// A container's env as the kubelet would set it for a pod named `pod` with IP 127.0.0.1.
+fn pod_env(deployment: &Deployment, pod: &str) -> Vec<(String, String)> {
+    let container = container(deployment);
     let mut env = Vec::new();
     for e in container.env.iter().flatten() {
         let value = match (
@@ -204,15 +210,7 @@ async fn self_signed_route_runs_with_its_own_service_account() {
     envtest::write_kubeconfig(&kubeconfig, &cp.server, &cp.ca_pem, &token, NAMESPACE)
         .expect("kubeconfig");
 
-    let container = &deployment
-        .spec
-        .as_ref()
-        .expect("spec")
-        .template
-        .spec
-        .as_ref()
-        .expect("pod spec")
-        .containers[0];
+    let container = container(&deployment);
     let mut args: Vec<String> = container
         .args
         .iter()

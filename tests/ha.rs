@@ -8,33 +8,17 @@ mod fake_apiserver;
 mod replica;
 #[path = "support/reviews.rs"]
 mod reviews;
+#[path = "support/wait.rs"]
+mod wait;
 
-use std::collections::BTreeMap;
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, HashSet};
+use std::time::Instant;
 
 use fake_apiserver::{FakeApiServer, Matcher};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use serde_json::json;
-
-/// A hang guard, not a timing claim.
-const PATIENCE: Duration = Duration::from_secs(30);
-
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use wait::{PATIENCE, eventually};
 
 /// The pool ConfigMap and the holder-less Lease the manifests ship.
 fn cluster() -> FakeApiServer {
@@ -192,4 +176,49 @@ async fn only_the_leader_honours_the_forwarded_marker() {
     assert!(reviews::address(&answer).is_some(), "{answer}");
     assert_eq!(a.allocator.reservations(), 1);
     assert_eq!(b.allocator.reservations(), 0);
+}
+
+/// Two replicas answering admissions at once: the follower forwards to the leader, so one
+/// allocator decides and no address is handed out twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_admissions_on_two_replicas_get_distinct_addresses() {
+    let fake = cluster();
+    let certs = replica::certs();
+    let http = reviews::client(&certs.ca_pem);
+    let a = replica::start(fake.client(), &replica::args(&certs, "a", &[])).await;
+    eventually("a to allocate", || async {
+        allocates(&http, a.webhook_addr).await.then_some(())
+    })
+    .await;
+    let b = replica::start(fake.client(), &replica::args(&certs, "b", &[])).await;
+    eventually("b to forward", || async {
+        let review = reviews::create("fwd", "p", "fwd", true);
+        reviews::address(&reviews::send(&http, b.webhook_addr, &review, false).await)
+    })
+    .await;
+    let answers = futures::future::join_all((0..80).map(|i| {
+        let addr = if i % 2 == 0 {
+            a.webhook_addr
+        } else {
+            b.webhook_addr
+        };
+        let (http, review) = (
+            http.clone(),
+            reviews::create(&format!("uid-{i}"), "f", &format!("s{i}"), false),
+        );
+        async move { reviews::address(&reviews::send(&http, addr, &review, false).await) }
+    }))
+    .await;
+    let mut ips = HashSet::new();
+    for (i, ip) in answers.into_iter().enumerate() {
+        let ip = ip.unwrap_or_else(|| panic!("s{i} got no address"));
+        assert!(ips.insert(ip.clone()), "{ip} handed out twice");
+    }
+    assert_eq!(ips.len(), 80);
+    assert_eq!(
+        a.allocator.reservations(),
+        80,
+        "the leader decided every admission"
+    );
+    assert_eq!(b.allocator.reservations(), 0, "the follower decided none");
 }

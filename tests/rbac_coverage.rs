@@ -8,12 +8,13 @@
 #[path = "support/api_calls.rs"]
 mod api_calls;
 mod support;
+#[path = "support/wait.rs"]
+mod wait;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::future::Future;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::Method;
 use clap::Parser;
@@ -29,6 +30,7 @@ use kube_vip_webhook::cli::{Cli, Command};
 use kube_vip_webhook::serve::Stop;
 use serde_json::json;
 use support::fake_apiserver::{FakeApiServer, Matcher, RequestRecord};
+use wait::eventually;
 
 use api_calls::{ApiCall, At, CONFIG_MAP, NAME, NAMESPACE, SELF_SIGNED_SECRET, calls_for};
 
@@ -266,22 +268,6 @@ fn self_signed_args() -> ServeArgs {
     let mut argv = COMMON.to_vec();
     argv.push("--self-signed");
     parse(&argv)
-}
-
-/// Poll until `f` gives Some, failing the test after a generous deadline (not a timing claim).
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn configmap(data: &[(&str, &str)]) -> ConfigMap {

@@ -4,9 +4,8 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
@@ -15,12 +14,10 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 
 use super::envtest::{self, ControlPlane};
+pub use super::wait::{PATIENCE, eventually};
 use super::webhook_proc::WebhookProc;
 
 pub const ANNOTATION: &str = "kube-vip.io/loadbalancerIPs";
-/// Generous: these waits end as soon as the condition holds; the bound only turns a hang into a
-/// failure with a message.
-pub const PATIENCE: Duration = Duration::from_secs(60);
 
 pub struct E2e {
     pub cp: &'static ControlPlane,
@@ -258,21 +255,4 @@ pub fn lb(name: &str, port: i32) -> Service {
 
 pub fn annotation(svc: &Service) -> Option<String> {
     svc.metadata.annotations.as_ref()?.get(ANNOTATION).cloned()
-}
-
-/// Poll until `f` gives `Some`; fail with `what` after [`PATIENCE`] (a hang guard, not a
-/// timing claim).
-pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
