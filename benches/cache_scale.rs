@@ -125,7 +125,7 @@ fn serve_args(dir: &std::path::Path) -> ServeArgs {
     ];
     match Cli::try_parse_from(argv).expect("serve flags").command {
         CliCommand::Serve(a) => *a,
-        CliCommand::Plan(_) => unreachable!("serve was parsed"),
+        _ => unreachable!("serve was parsed"),
     }
 }
 

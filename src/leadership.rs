@@ -19,6 +19,9 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
+/// Lease annotation carrying the leader's webhook address, so followers can forward to it.
+pub const ADDRESS_ANNOTATION: &str = "kube-vip-webhook.kube-vip.io/leader-address";
+
 /// Shared by the webhook, the reconciler and the election loop; clones share the state.
 #[derive(Clone, Debug)]
 pub struct Leadership {

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::engine::{Options, Outcome};
 use crate::files::{self, FileError};
+use crate::service::SvcInfo;
 use crate::state::{Allocator, Confirm, Request};
 
 pub struct PlanInput {
@@ -52,23 +53,47 @@ pub struct Plan {
 /// decide every handled LoadBalancer Service of the cluster files that has no address yet.
 pub fn run(input: &PlanInput) -> Result<Plan, FileError> {
     let config = Config::from_data(&files::load_configmap_data(&input.configmap)?);
-    let config_errors = config.errors().iter().map(ToString::to_string).collect();
-    let allocator = Allocator::new(
-        input.options.clone(),
-        Confirm::OnAdmit,
-        input.configmap.display().to_string(),
-    );
-    allocator.set_config(Some(config));
-
     let existing = files::load_svc_infos(&input.services)?;
-    let mut requests = files::load_svc_infos(&input.requests)?;
-    allocator.reset_services(&existing);
-    if input.requests.is_empty() {
-        requests = existing
-            .into_iter()
-            .filter(|s| allocator.options().needs_allocation(s))
-            .collect();
+    let requests = if input.requests.is_empty() {
+        None
+    } else {
+        Some(files::load_svc_infos(&input.requests)?)
+    };
+    Ok(decide_all(
+        Some(config),
+        &input.configmap.display().to_string(),
+        &existing,
+        requests,
+        &input.options,
+    ))
+}
+
+/// [`run`] on data already read (files, or a live cluster): `config` `None` when the ConfigMap
+/// does not exist; `requests` `None` for "every Service still waiting for an address".
+pub fn decide_all(
+    config: Option<Config>,
+    config_name: &str,
+    existing: &[SvcInfo],
+    requests: Option<Vec<SvcInfo>>,
+    options: &Options,
+) -> Plan {
+    let mut config_errors: Vec<String> = config
+        .as_ref()
+        .map(|c| c.errors().iter().map(ToString::to_string).collect())
+        .unwrap_or_default();
+    if config.is_none() {
+        config_errors.push(format!("ConfigMap {config_name} does not exist"));
     }
+    let allocator = Allocator::new(options.clone(), Confirm::OnAdmit, config_name);
+    allocator.set_config(config);
+    allocator.reset_services(existing);
+    let requests = requests.unwrap_or_else(|| {
+        existing
+            .iter()
+            .filter(|s| allocator.options().needs_allocation(s))
+            .cloned()
+            .collect()
+    });
 
     let now = Instant::now();
     let mut results = Vec::with_capacity(requests.len());
@@ -103,7 +128,17 @@ pub fn run(input: &PlanInput) -> Result<Plan, FileError> {
             error,
         });
     }
-    let pools = allocator
+    let pools = pool_usage(&allocator);
+    Plan {
+        results,
+        pools,
+        config_errors,
+    }
+}
+
+/// Size, used and free of every pool and family, as the allocator sees them.
+pub fn pool_usage(allocator: &Allocator) -> Vec<PoolUsage> {
+    allocator
         .pool_stats()
         .into_iter()
         .map(|p| PoolUsage {
@@ -113,12 +148,7 @@ pub fn run(input: &PlanInput) -> Result<Plan, FileError> {
             used: p.used,
             free: p.size.saturating_sub(p.used),
         })
-        .collect();
-    Ok(Plan {
-        results,
-        pools,
-        config_errors,
-    })
+        .collect()
 }
 
 /// The table for people.
@@ -172,7 +202,7 @@ pub fn render_table(plan: &Plan) -> String {
     out
 }
 
-fn table<const N: usize>(out: &mut String, header: [&str; N], rows: &[[String; N]]) {
+pub fn table<const N: usize>(out: &mut String, header: [&str; N], rows: &[[String; N]]) {
     let mut widths = header.map(str::len);
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -378,3 +378,137 @@ async fn a_refused_write_frees_its_address_and_says_why() {
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     assert_eq!(wh.log_lines("write refused").len(), 1);
 }
+
+/// Run the binary's read-only commands against the envtest cluster as an operator would.
+async fn cli_json(args: Vec<String>) -> serde_json::Value {
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kube-vip-webhook"))
+            .args(&args)
+            .env_remove("KUBECONFIG")
+            .output()
+            .expect("run the binary")
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_live_plan_read_the_cluster() {
+    let Some(t) = E2e::new("status").await else {
+        return;
+    };
+    t.set_config(&[(&t.key("range"), &t.range(1, 2))]).await;
+    let api = t.services();
+    // Two Services pinned to one address on the same port, created while no webhook checked.
+    for name in ["x", "y"] {
+        let mut s = lb(name, 80);
+        s.metadata.annotations = Some([(e2e::ANNOTATION.to_string(), t.ip(200))].into());
+        api.create(&PostParams::default(), &s)
+            .await
+            .expect("create");
+    }
+    t.register().await;
+    let _wh = t.start_webhook("status-0", &[]).await;
+    t.wait_active().await;
+    for name in ["a", "b", "c"] {
+        api.create(&PostParams::default(), &lb(name, 80))
+            .await
+            .expect("create");
+    }
+    let kubeconfig = t.cp.kubeconfig.display().to_string();
+    let common = |cmd: &str| {
+        vec![
+            cmd.to_string(),
+            "--kubeconfig".into(),
+            kubeconfig.clone(),
+            "--kubevip-namespace".into(),
+            t.ns.clone(),
+            "-o".into(),
+            "json".into(),
+        ]
+    };
+    let mut status_args = common("status");
+    status_args.extend(["--namespace".to_string(), t.ns.clone()]);
+    let report = cli_json(status_args).await;
+    let pool = report["pools"]
+        .as_array()
+        .expect("pools")
+        .iter()
+        .find(|p| p["key"] == t.key("range").as_str())
+        .unwrap_or_else(|| panic!("{report}"))
+        .clone();
+    assert_eq!(
+        (
+            pool["size"].as_u64(),
+            pool["used"].as_u64(),
+            pool["free"].as_u64()
+        ),
+        (Some(2), Some(2), Some(0))
+    );
+    let waiting: Vec<&serde_json::Value> = report["waiting"]
+        .as_array()
+        .expect("waiting")
+        .iter()
+        .filter(|w| w["namespace"] == t.ns.as_str())
+        .collect();
+    assert_eq!(waiting.len(), 1, "{report}");
+    assert_eq!(waiting[0]["name"], "c");
+    assert!(
+        waiting[0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("exhausted")
+    );
+    let x = format!("{}/x", t.ns);
+    let y = format!("{}/y", t.ns);
+    assert!(
+        report["conflicts"]
+            .as_array()
+            .expect("conflicts")
+            .iter()
+            .any(|c| c["address"] == t.ip(200).as_str() && c["services"] == json!([x, y])),
+        "{report}"
+    );
+    assert!(
+        report["leader"]["holder"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("status-0_")),
+        "{report}"
+    );
+    // The table, as printed for people.
+    let table_args: Vec<String> = common("status")
+        .into_iter()
+        .take(5)
+        .chain(["--namespace".to_string(), t.ns.clone()])
+        .collect();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kube-vip-webhook"))
+            .args(&table_args)
+            .output()
+            .expect("run")
+    })
+    .await
+    .expect("join");
+    let table = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{table}");
+    assert!(
+        table.contains("Waiting for an address") && table.contains("Leader: status-0_"),
+        "{table}"
+    );
+    // plan against the live cluster: what the reconciler would do now.
+    let plan = cli_json(common("plan")).await;
+    let c = plan["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .find(|r| r["namespace"] == t.ns.as_str() && r["name"] == "c")
+        .unwrap_or_else(|| panic!("{plan}"))
+        .clone();
+    assert_eq!(c["outcome"], "no_address");
+}

@@ -174,7 +174,7 @@ impl Server {
 fn serve_args(argv: &[String]) -> ServeArgs {
     match Cli::try_parse_from(argv).unwrap().command {
         Command::Serve(args) => *args,
-        Command::Plan(_) => unreachable!(),
+        _ => unreachable!(),
     }
 }
 

@@ -1,13 +1,13 @@
 //! Command line: `serve` and `plan`. Flags have environment fallbacks where the peer had them.
 //! Arguments are parsed and checked here; the rest of the crate gets plain settings.
 
+mod inspect;
 mod serve;
-
-use std::path::PathBuf;
 
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub use inspect::{PlanArgs, StatusArgs};
 pub use serve::{ClusterArgs, ServeArgs, start};
 
 use crate::engine::{ClassMode, DEFAULT_CLASS, Options};
@@ -28,8 +28,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the HTTPS admission webhook, the reconciler and the admin port.
     Serve(Box<ServeArgs>),
-    /// Offline: what each Service would get, from files, without a cluster.
+    /// What each Service would get, from files (offline) or from a live cluster (--kubeconfig).
     Plan(PlanArgs),
+    /// A live cluster, read once: pools, Services waiting and why, conflicts, leader, certificates.
+    Status(StatusArgs),
 }
 
 /// Which Services are ours and how addresses are written; shared by `serve` and `plan`.
@@ -92,54 +94,16 @@ pub enum OutputFormat {
     Json,
 }
 
-#[derive(Debug, Args)]
-pub struct PlanArgs {
-    /// The kubevip ConfigMap (YAML or JSON).
-    #[arg(long)]
-    pub configmap: PathBuf,
-    /// Existing Services (the cluster): their addresses count as used. Repeatable.
-    #[arg(long)]
-    pub services: Vec<PathBuf>,
-    /// New Services, decided in the order given. Without it: every handled LoadBalancer Service
-    /// in --services that has no address yet (what the reconciler would do). Repeatable.
-    #[arg(long)]
-    pub request: Vec<PathBuf>,
-    #[command(flatten)]
-    pub allocation: AllocationArgs,
-    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
-    pub output: OutputFormat,
-}
-
 /// Run the parsed command (`main` only installs the TLS provider and parses).
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Plan(args) => run_plan(args),
-        Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
             .enable_all()
-            .build()?
-            .block_on(serve::run(*args)),
-    }
-}
-
-/// `plan`: print the plan; an unreadable input is the only error.
-pub fn run_plan(args: PlanArgs) -> anyhow::Result<()> {
-    let PlanArgs {
-        configmap,
-        services,
-        request,
-        allocation,
-        output,
-    } = args;
-    let input = crate::plan::PlanInput {
-        configmap,
-        services,
-        requests: request,
-        options: allocation.options(Family::V4),
+            .build()
     };
-    let plan = crate::plan::run(&input)?;
-    match output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
-        OutputFormat::Table => print!("{}", crate::plan::render_table(&plan)),
+    match cli.command {
+        Command::Plan(args) => runtime()?.block_on(inspect::run_plan(args)),
+        Command::Status(args) => runtime()?.block_on(inspect::run_status(args)),
+        Command::Serve(args) => runtime()?.block_on(serve::run(*args)),
     }
-    Ok(())
 }

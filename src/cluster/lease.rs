@@ -23,10 +23,7 @@ use kube::runtime::watcher;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::leadership::Leadership;
-
-/// Lease annotation carrying the leader's webhook address, so followers can forward to it.
-pub const ADDRESS_ANNOTATION: &str = "kube-vip-webhook.kube-vip.io/leader-address";
+use crate::leadership::{ADDRESS_ANNOTATION, Leadership};
 
 /// Timing of the election (validated by the CLI: retry < renew deadline < lease duration).
 #[derive(Clone, Debug)]

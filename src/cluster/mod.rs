@@ -16,14 +16,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use futures::TryStreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::runtime::watcher;
 
-pub use lease::{ADDRESS_ANNOTATION, LeaseSettings};
+pub use lease::LeaseSettings;
 
 use crate::bootstrap::BootstrapConfig;
 use crate::forward::{CaSource, Forwarder, Refresh};
@@ -80,18 +79,7 @@ impl Settings {
 
 /// `serve` against a cluster, with a client from the kubeconfig or the environment.
 pub async fn start(settings: Settings, stop: Stop) -> anyhow::Result<Running> {
-    let client = match &settings.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
-            let config =
-                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-            kube::Client::try_from(config)?
-        }
-        None => kube::Client::try_default()
-            .await
-            .context("no cluster credentials (in-cluster config or kubeconfig)")?,
-    };
+    let client = crate::live::client(settings.kubeconfig.as_deref()).await?;
     start_with_client(settings, client, stop).await
 }
 
@@ -104,7 +92,7 @@ pub async fn start_with_client(
     let mut options = settings.serve.options.clone();
     options.default_family = match settings.default_family {
         Some(f) => f,
-        None => primary_family(&client).await,
+        None => crate::live::primary_family(&client).await,
     };
     let allocator = Arc::new(Allocator::new(
         options,
@@ -268,28 +256,6 @@ async fn config_watch(
             Ok(None) => return Ok(()),
             // The backoff retries; a failing watch is logged, never fatal.
             Err(e) => tracing::warn!(error = %e, "ConfigMap watch error"),
-        }
-    }
-}
-
-/// The cluster's primary family: the first family of the `default/kubernetes` Service.
-async fn primary_family(client: &kube::Client) -> Family {
-    let api: Api<Service> = Api::namespaced(client.clone(), "default");
-    match tokio::time::timeout(API_CALL_TIMEOUT, api.get("kubernetes")).await {
-        Ok(Ok(svc)) => svc
-            .spec
-            .and_then(|s| s.ip_families)
-            .and_then(|f| f.first().and_then(|f| Family::from_k8s(f)))
-            .unwrap_or(Family::V4),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "cannot read default/kubernetes to learn the primary IP family; assuming IPv4 (set --default-ip-family)");
-            Family::V4
-        }
-        Err(_) => {
-            tracing::warn!(
-                "reading default/kubernetes timed out; assuming IPv4 (set --default-ip-family)"
-            );
-            Family::V4
         }
     }
 }

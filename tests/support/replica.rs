@@ -81,7 +81,7 @@ pub fn args(certs: &Certs, pod: &str, extra: &[&str]) -> ServeArgs {
     argv.extend(extra.iter().map(|s| s.to_string()));
     match Cli::try_parse_from(argv).expect("flags").command {
         Command::Serve(a) => *a,
-        Command::Plan(_) => unreachable!("serve flags"),
+        _ => unreachable!("serve flags"),
     }
 }
 
