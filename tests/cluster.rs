@@ -2,6 +2,8 @@
 //! caches, readiness, the reconciler, wake-ups, faults, Events, leader election.
 
 mod support;
+#[path = "support/metrics.rs"]
+mod support_metrics;
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
@@ -19,6 +21,7 @@ use kube_vip_webhook::service::SvcInfo;
 use kube_vip_webhook::state::Request;
 use serde_json::json;
 use support::fake_apiserver::{FakeApiServer, Matcher};
+use support_metrics::{sample, scrape};
 use tokio_util::sync::CancellationToken;
 
 const ANNOTATION: &str = "kube-vip.io/loadbalancerIPs";
@@ -162,6 +165,37 @@ async fn caches_sync_then_ready_and_reconciler_annotates_bypassed_service() {
         .await
         .unwrap();
     assert_eq!(body.status(), 200);
+    let text = scrape(c.running.admin_addr).await;
+    assert_eq!(sample(&text, "kube_vip_webhook_ready", &[]), Some(1.0));
+    let loaded = sample(
+        &text,
+        "kube_vip_webhook_config_last_load_timestamp_seconds",
+        &[],
+    )
+    .expect("config load time exported");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        loaded <= now && loaded > now - 600.0,
+        "loaded at {loaded}, now {now}"
+    );
+    // The files route: the certificate serve_args wrote, valid for an hour.
+    let pem = std::fs::read_to_string(c._dir.path().join("tls.crt")).unwrap();
+    let not_after = kube_vip_webhook::tls::not_after(&pem)
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert_eq!(
+        sample(
+            &text,
+            "kube_vip_webhook_serving_certificate_not_after_timestamp_seconds",
+            &[]
+        ),
+        Some(not_after)
+    );
 
     // Created while the webhook was bypassed: the reconciler annotates it.
     c.fake.insert(&lb("web", "bypassed", 80, None)).unwrap();
@@ -201,6 +235,16 @@ async fn waiting_service_is_woken_by_delete_and_by_pool_growth() {
     .await;
     assert!(ev.note.unwrap().contains("exhausted"));
     assert_eq!(annotation_of(&c.fake, "a", "waiting"), None);
+    let admin = c.running.admin_addr;
+    let waiting = |n: f64| async move {
+        (sample(
+            &scrape(admin).await,
+            "kube_vip_webhook_services_waiting",
+            &[],
+        ) == Some(n))
+        .then_some(())
+    };
+    eventually("one Service waiting in /metrics", || waiting(1.0)).await;
 
     // Deleting the holder frees 10.0.0.1: the waiting Service is woken and gets it.
     c.fake.delete::<Service>(Some("a"), "holder").unwrap();
@@ -209,6 +253,7 @@ async fn waiting_service_is_woken_by_delete_and_by_pool_growth() {
     })
     .await;
     assert_eq!(ip, "10.0.0.1");
+    eventually("no Service waiting in /metrics", || waiting(0.0)).await;
 
     // Another waiter; the pool grows.
     c.fake.insert(&lb("a", "second", 80, None)).unwrap();
@@ -449,6 +494,12 @@ async fn only_the_lease_holder_reconciles_and_a_standby_takes_over() {
         .filter_map(|e| e.reporting_instance)
         .collect();
     assert_eq!(reporters, HashSet::from(["replica-a".to_string()]));
+    let leader = |text: &str| sample(text, "kube_vip_webhook_leader", &[]);
+    let transitions = |text: &str| sample(text, "kube_vip_webhook_leader_transitions_total", &[]);
+    let text = scrape(a.running.admin_addr).await;
+    assert_eq!((leader(&text), transitions(&text)), (Some(1.0), Some(1.0)));
+    let text = scrape(b.running.admin_addr).await;
+    assert_eq!((leader(&text), transitions(&text)), (Some(0.0), Some(0.0)));
 
     // The leader shuts down and releases the lease: b takes over and reconciles.
     a.running.shutdown.cancel();
@@ -456,6 +507,12 @@ async fn only_the_lease_holder_reconciles_and_a_standby_takes_over() {
     eventually("b leads", || async {
         let l = fake.get::<Lease>(Some("kube-system"), "kube-vip-webhook")?;
         (l.spec?.holder_identity? == "replica-b").then_some(())
+    })
+    .await;
+    let b_admin = b.running.admin_addr;
+    eventually("b reports leading in /metrics", || async move {
+        let text = scrape(b_admin).await;
+        (leader(&text) == Some(1.0) && transitions(&text) == Some(1.0)).then_some(())
     })
     .await;
     fake.insert(&lb("l", "second", 80, None)).unwrap();

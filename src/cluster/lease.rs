@@ -16,6 +16,8 @@ use kube::api::PostParams;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
+
 /// Lease annotation carrying the leader's webhook address, so followers can forward to it.
 pub const ADDRESS_ANNOTATION: &str = "kube-vip-webhook.kube-vip.io/leader-address";
 
@@ -25,15 +27,18 @@ pub struct LeaderState {
     leading: Arc<AtomicBool>,
     acquired: watch::Sender<u64>,
     leader_address: Arc<std::sync::RwLock<Option<String>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl LeaderState {
     /// `always`: no election (single replica or `--leader-elect=false`).
-    pub fn new(always: bool) -> Self {
+    pub fn new(always: bool, metrics: Arc<Metrics>) -> Self {
+        metrics.set_leader(always);
         LeaderState {
             leading: Arc::new(AtomicBool::new(always)),
             acquired: watch::Sender::new(0),
             leader_address: Arc::default(),
+            metrics,
         }
     }
 
@@ -58,6 +63,7 @@ impl LeaderState {
 
     fn set(&self, leading: bool) {
         let was = self.leading.swap(leading, Ordering::SeqCst);
+        self.metrics.set_leader(leading);
         if leading && !was {
             tracing::info!("acquired the lease; reconciler active");
             self.acquired.send_modify(|n| *n += 1);

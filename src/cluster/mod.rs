@@ -132,7 +132,8 @@ pub async fn start_with_client(
         cluster.config_name(),
     ));
 
-    let (tls, ca_pem) = match (&args.tls_cert_file, &args.tls_key_file, cluster.self_signed) {
+    let (tls, ca_pem, served) = match (&args.tls_cert_file, &args.tls_key_file, cluster.self_signed)
+    {
         (Some(cert), Some(key), _) => {
             let ca = match &cluster.tls_ca_file {
                 Some(p) => {
@@ -140,7 +141,8 @@ pub async fn start_with_client(
                 }
                 None => None,
             };
-            (crate::tls::reloading_server_config(cert, key)?, ca)
+            let served = crate::metrics::certificate_file(cert.clone());
+            (crate::tls::reloading_server_config(cert, key)?, ca, served)
         }
         (_, _, true) => {
             let boot = crate::bootstrap::ensure_with(
@@ -150,7 +152,9 @@ pub async fn start_with_client(
             )
             .await?;
             let ca = boot.status.borrow().ca_bundle.clone();
-            (boot.server_config, Some(ca))
+            let status = boot.status.clone();
+            let served = crate::metrics::certificate_pem(move || status.borrow().cert_pem.clone());
+            (boot.server_config, Some(ca), served)
         }
         _ => {
             anyhow::bail!("cluster mode needs --tls-cert-file and --tls-key-file, or --self-signed")
@@ -158,7 +162,8 @@ pub async fn start_with_client(
     };
     let readiness = Readiness::default();
     let metrics = Arc::new(Metrics::new(allocator.clone()));
-    let leader = LeaderState::new(!cluster.leader_elect);
+    metrics.set_certificate_source(served);
+    let leader = LeaderState::new(!cluster.leader_elect, metrics.clone());
     let forward = match (cluster.leader_elect, ca_pem) {
         (true, Some(ca)) => Some(Arc::new(forward::Forwarder::new(
             leader.clone(),

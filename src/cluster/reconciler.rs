@@ -137,6 +137,9 @@ impl Context {
             }
         }
         self.allocator.set_config(config);
+        if errors.is_some() {
+            self.metrics.set_config_loaded(std::time::SystemTime::now());
+        }
         let changed = {
             let mut last = lock(&self.reported_config);
             let changed = *last != errors;
@@ -273,6 +276,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (reader, writer) = reflector::store();
+    let (waiting, metrics) = (reader.clone(), ctx.metrics.clone());
     let index_ctx = ctx.clone();
     let sync = synced.clone();
     let options = ctx.allocator.options().clone();
@@ -283,6 +287,8 @@ pub async fn run(
         // every Service would be most of our memory at 100k Services, and nothing else reads it.
         .try_filter_map(move |ev| std::future::ready(Ok(pending_only(ev, &options))))
         .reflect(writer)
+        // The store holds exactly the Services still waiting for an address (on every replica).
+        .inspect_ok(move |_| metrics.set_services_waiting(waiting.len()))
         .applied_objects();
     let wake_rx = lock(&ctx.wake_rx).take();
     let wake = futures::stream::unfold(wake_rx, |rx| async move {
