@@ -62,11 +62,6 @@ struct AdmissionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OperationLabels {
-    operation: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: String,
 }
@@ -113,7 +108,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct Metrics {
     registry: Registry,
     admissions: Family<AdmissionLabels, Counter>,
-    admission_duration: Family<OperationLabels, Histogram, fn() -> Histogram>,
+    admission_duration: Family<AdmissionLabels, Histogram, fn() -> Histogram>,
     reconciles: Family<OutcomeLabels, Counter>,
     events: Family<ReasonLabels, Counter>,
     leader_transitions: Counter,
@@ -141,11 +136,11 @@ impl Metrics {
             "Admission requests answered, by operation (CREATE, UPDATE, OTHER) and outcome",
             admissions.clone(),
         );
-        let admission_duration: Family<OperationLabels, Histogram, fn() -> Histogram> =
+        let admission_duration: Family<AdmissionLabels, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(admission_histogram);
         registry.register_with_unit(
             "admission_duration",
-            "Time to answer an admission request, by operation",
+            "Time to answer an admission request, by operation and outcome",
             Unit::Seconds,
             admission_duration.clone(),
         );
@@ -224,9 +219,7 @@ impl Metrics {
         };
         self.admissions.get_or_create(&labels).inc();
         self.admission_duration
-            .get_or_create(&OperationLabels {
-                operation: operation.to_string(),
-            })
+            .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
     }
 

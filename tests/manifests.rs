@@ -45,6 +45,9 @@ const TLS_DIR: &str = "/etc/kube-vip-webhook/tls";
 const SELF_SIGNED_SECRET: &str = "kube-vip-webhook-selfsigned";
 const RUN_AS: i64 = 65532;
 const ROUTES: [&str; 2] = ["cert-manager", "self-signed"];
+/// The optional monitoring kustomization, applied next to either route.
+const MONITORING: &str = "manifest/monitoring";
+const METRICS_SERVICE: &str = "kube-vip-webhook-metrics";
 
 // ---------------------------------------------------------------------------------------------
 // Strict cert-manager schema (only the fields we use; anything else is refused).
@@ -215,6 +218,62 @@ impl From<GoDuration> for String {
 type Issuer = CmObject<IssuerSpec>;
 type Certificate = CmObject<CertificateSpec>;
 
+// Strict Prometheus Operator schema (monitoring.coreos.com/v1; only the fields we use).
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ServiceMonitorSpec {
+    selector: LabelSelector,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    namespace_selector: Option<NamespaceSelector>,
+    endpoints: Vec<MonitorEndpoint>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct NamespaceSelector {
+    match_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct MonitorEndpoint {
+    port: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    interval: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct PrometheusRuleSpec {
+    groups: Vec<RuleGroup>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RuleGroup {
+    name: String,
+    rules: Vec<AlertRule>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct AlertRule {
+    alert: String,
+    expr: String,
+    #[serde(rename = "for", default, skip_serializing_if = "Option::is_none")]
+    for_: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+type ServiceMonitor = CmObject<ServiceMonitorSpec>;
+type PrometheusRule = CmObject<PrometheusRuleSpec>;
+
 // ---------------------------------------------------------------------------------------------
 // Typed documents.
 
@@ -232,6 +291,8 @@ enum Obj {
     Webhook(Box<MutatingWebhookConfiguration>),
     Issuer(Box<Issuer>),
     Certificate(Box<Certificate>),
+    ServiceMonitor(Box<ServiceMonitor>),
+    PrometheusRule(Box<PrometheusRule>),
 }
 
 /// One YAML document and where it came from.
@@ -335,6 +396,8 @@ fn typed(doc: &Doc) -> Result<Obj, String> {
             Obj::Issuer(issuer)
         }
         ("cert-manager.io/v1", "Certificate") => Obj::Certificate(round_trip(v)?),
+        ("monitoring.coreos.com/v1", "ServiceMonitor") => Obj::ServiceMonitor(round_trip(v)?),
+        ("monitoring.coreos.com/v1", "PrometheusRule") => Obj::PrometheusRule(round_trip(v)?),
         _ => return Err(format!("unexpected apiVersion/kind {api_version}/{kind}")),
     };
     Ok(obj)
@@ -393,9 +456,9 @@ fn is_kustomization(p: &Path) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A small kustomize: `resources` (files, or directories with their own kustomization) and
-// JSON 6902 `patches` with a target. Unknown fields are refused, so a kustomization cannot
-// silently do more than this renderer understands.
+// A small kustomize: `resources` (files, or directories with their own kustomization), JSON 6902
+// `patches` with a target, and `configMapGenerator` from files without the name hash. Unknown
+// fields are refused, so a kustomization cannot silently do more than this renderer understands.
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -406,6 +469,67 @@ struct Kustomization {
     resources: Vec<String>,
     #[serde(default)]
     patches: Vec<KPatch>,
+    #[serde(default)]
+    config_map_generator: Vec<KGenerator>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KGenerator {
+    name: String,
+    namespace: Option<String>,
+    /// `key=path` or `path` (the key is then the file name).
+    files: Vec<String>,
+    options: KGeneratorOptions,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct KGeneratorOptions {
+    /// Must be true: the renderer does not compute kustomize's content hash suffix.
+    disable_name_suffix_hash: bool,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+/// The ConfigMap a `configMapGenerator` entry produces, as kustomize writes it.
+fn generate_config_map(dir: &Path, kfile: &Path, g: &KGenerator) -> Result<Doc, String> {
+    if !g.options.disable_name_suffix_hash {
+        return Err(format!(
+            "{}: configMapGenerator {}: only disableNameSuffixHash: true is supported",
+            rel(kfile),
+            g.name
+        ));
+    }
+    let mut data = serde_json::Map::new();
+    for f in &g.files {
+        let (key, file) = match f.split_once('=') {
+            Some((k, p)) => (k.to_string(), p),
+            None => (
+                Path::new(f)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                f.as_str(),
+            ),
+        };
+        let path = dir.join(file);
+        let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", rel(&path)))?;
+        data.insert(key, Value::String(text));
+    }
+    let mut metadata = serde_json::json!({ "name": g.name });
+    if let Some(ns) = &g.namespace {
+        metadata["namespace"] = ns.clone().into();
+    }
+    if !g.options.labels.is_empty() {
+        metadata["labels"] = serde_json::to_value(&g.options.labels).map_err(|e| e.to_string())?;
+    }
+    Ok(Doc {
+        origin: format!("{} configMapGenerator {}", rel(kfile), g.name),
+        value: serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data,
+        }),
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -498,6 +622,13 @@ fn render(dir: &Path) -> Result<Rendered, String> {
             out.files.insert(path);
         } else {
             return Err(format!("{}: resource {r} does not exist", rel(&kfile)));
+        }
+    }
+    for g in &k.config_map_generator {
+        out.docs.push(generate_config_map(dir, &kfile, g)?);
+        for f in &g.files {
+            let file = f.split_once('=').map_or(f.as_str(), |(_, p)| p);
+            out.files.insert(dir.join(file));
         }
     }
     for p in &k.patches {
@@ -613,6 +744,9 @@ impl Route {
     pick!(webhooks, Webhook, MutatingWebhookConfiguration);
     pick!(issuers, Issuer, Issuer);
     pick!(certificates, Certificate, Certificate);
+    pick!(service_monitors, ServiceMonitor, ServiceMonitor);
+    pick!(prometheus_rules, PrometheusRule, PrometheusRule);
+    pick!(config_maps, ConfigMap, ConfigMap);
 }
 
 fn only<'a, T>(what: &str, items: Vec<&'a T>, problems: &mut Vec<String>) -> Option<&'a T> {
@@ -1526,6 +1660,121 @@ fn check_route(r: &Route) -> Vec<String> {
     p
 }
 
+/// The monitoring objects next to an install route (they point at its Deployment).
+fn load_monitoring() -> Route {
+    let rendered = render(&repo().join(MONITORING)).unwrap_or_else(|e| panic!("{e}"));
+    let mut docs = Route::load("cert-manager").docs;
+    docs.extend(rendered.docs);
+    Route::from_docs("monitoring", docs).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn check_monitoring(r: &Route) -> Vec<String> {
+    let mut p = Vec::new();
+    let (Some(d), Some(sm), Some(_rules)) = (
+        only("Deployment", r.deployments(), &mut p),
+        only("ServiceMonitor", r.service_monitors(), &mut p),
+        only("PrometheusRule", r.prometheus_rules(), &mut p),
+    ) else {
+        return p;
+    };
+    let Some(c) = container(d) else {
+        p.push("Deployment should have exactly one container".into());
+        return p;
+    };
+    let admin = flag(c, "admin-listen").and_then(listen_port);
+    let pods = pod_labels(d);
+    let services = r.services();
+    let Some(metrics) = services
+        .iter()
+        .find(|s| name_of(&s.metadata) == METRICS_SERVICE)
+    else {
+        p.push(format!("no Service {METRICS_SERVICE}"));
+        return p;
+    };
+    if ns_of(&metrics.metadata) != ns_of(&d.metadata) {
+        p.push(format!(
+            "{METRICS_SERVICE} is not in the Deployment's namespace"
+        ));
+    }
+    let spec = metrics.spec.clone().unwrap_or_default();
+    let selector = spec.selector.clone().unwrap_or_default();
+    if selector.is_empty() || !selector.iter().all(|(k, v)| pods.get(k) == Some(v)) {
+        p.push(format!(
+            "{METRICS_SERVICE} selector does not match the Deployment's pod labels"
+        ));
+    }
+    let ports = spec.ports.clone().unwrap_or_default();
+    for port in &ports {
+        let target = port
+            .target_port
+            .clone()
+            .unwrap_or(IntOrString::Int(port.port));
+        if resolve_port(c, &target).is_none() || resolve_port(c, &target) != admin {
+            p.push(format!(
+                "{METRICS_SERVICE} port {} targets {target:?}, not the admin port (--admin-listen)",
+                port.name.clone().unwrap_or_default()
+            ));
+        }
+    }
+    // The ServiceMonitor scrapes the metrics Service and nothing else (never the webhook's).
+    let labels_of = |s: &Service| s.metadata.labels.clone().unwrap_or_default();
+    for s in &services {
+        let selected = selects(Some(&sm.spec.selector), &labels_of(s));
+        if name_of(&s.metadata) == METRICS_SERVICE && !selected {
+            p.push(format!(
+                "the ServiceMonitor does not select {METRICS_SERVICE}"
+            ));
+        }
+        if name_of(&s.metadata) != METRICS_SERVICE && selected {
+            p.push(format!(
+                "the ServiceMonitor also selects Service {}",
+                name_of(&s.metadata)
+            ));
+        }
+    }
+    let namespaces = sm.spec.namespace_selector.as_ref().map(|n| &n.match_names);
+    if !namespaces.is_some_and(|n| n.iter().any(|ns| ns == ns_of(&metrics.metadata))) {
+        p.push("the ServiceMonitor's namespaceSelector misses the metrics Service".into());
+    }
+    for e in &sm.spec.endpoints {
+        if !ports
+            .iter()
+            .any(|port| port.name.as_deref() == Some(&e.port))
+        {
+            p.push(format!(
+                "the ServiceMonitor scrapes port {}, which {METRICS_SERVICE} does not have",
+                e.port
+            ));
+        }
+        if e.path.as_deref().unwrap_or("/metrics") != "/metrics" {
+            p.push("the ServiceMonitor path should be /metrics".into());
+        }
+    }
+    // The dashboard ConfigMap: found by Grafana's sidecar label, and valid JSON.
+    let dashboards: Vec<&ConfigMap> = r
+        .config_maps()
+        .into_iter()
+        .filter(|cm| name_of(&cm.metadata) == "kube-vip-webhook-dashboard")
+        .collect();
+    if let Some(cm) = only("dashboard ConfigMap", dashboards, &mut p) {
+        let labels = cm.metadata.labels.clone().unwrap_or_default();
+        if labels.get("grafana_dashboard").map(String::as_str) != Some("1") {
+            p.push("the dashboard ConfigMap lacks grafana_dashboard: \"1\"".into());
+        }
+        for (key, json) in cm.data.iter().flatten() {
+            if let Err(e) = serde_json::from_str::<Value>(json) {
+                p.push(format!("dashboard {key} is not JSON: {e}"));
+            }
+        }
+    }
+    p
+}
+
+#[test]
+fn monitoring_agrees_with_the_install() {
+    assert_no_problems("monitoring", &check_monitoring(&load_monitoring()));
+}
+
 fn assert_no_problems(what: &str, problems: &[String]) {
     assert!(problems.is_empty(), "{what}:\n  {}", problems.join("\n  "));
 }
@@ -1755,8 +2004,12 @@ fn self_signed_route_args_parse_with_the_real_cli() {
 /// Our renderer against the real kustomize, where `kubectl` is installed.
 #[test]
 fn renderer_matches_kubectl_kustomize_when_available() {
-    for route in ROUTES {
-        let dir = repo().join("manifest/overlays").join(route);
+    let dirs = ROUTES
+        .iter()
+        .map(|r| repo().join("manifest/overlays").join(r))
+        .chain([repo().join(MONITORING)]);
+    for dir in dirs {
+        let route = rel(&dir);
         let out = match std::process::Command::new("kubectl")
             .arg("kustomize")
             .arg(&dir)
@@ -1989,6 +2242,49 @@ fn checks_catch_broken_manifests() {
         v["spec"]["template"]["spec"]["containers"][0]["args"][4] = "--cert-secret=other".into()
     });
     expect("cert-secret", &r, check_route(&r), "--cert-secret");
+
+    // Monitoring.
+    let mon = load_monitoring();
+    assert_no_problems("monitoring baseline", &check_monitoring(&mon));
+    let r = broken(&mon, "Service", METRICS_SERVICE, |v| {
+        v["spec"]["ports"][0]["targetPort"] = "https".into()
+    });
+    expect(
+        "metrics port",
+        &r,
+        check_monitoring(&r),
+        "not the admin port",
+    );
+    let r = broken(&mon, "ServiceMonitor", NAME, |v| {
+        v["spec"]["selector"]["matchLabels"]
+            .as_object_mut()
+            .unwrap()
+            .remove("app.kubernetes.io/component");
+    });
+    expect(
+        "monitor selects the webhook Service",
+        &r,
+        check_monitoring(&r),
+        "also selects Service kube-vip-webhook",
+    );
+    let r = broken(&mon, "ServiceMonitor", NAME, |v| {
+        v["spec"]["endpoints"][0]["port"] = "metrics".into()
+    });
+    expect(
+        "monitor port",
+        &r,
+        check_monitoring(&r),
+        "scrapes port metrics",
+    );
+    let r = broken(&mon, "Service", METRICS_SERVICE, |v| {
+        v["spec"]["selector"]["app.kubernetes.io/name"] = "other".into()
+    });
+    expect(
+        "metrics selector",
+        &r,
+        check_monitoring(&r),
+        "selector does not match",
+    );
 
     // The typed round trip refuses what k8s-openapi would silently drop.
     let mut doc = cm

@@ -496,34 +496,42 @@ async fn admin_endpoints() {
     assert_eq!(
         sample(
             &text,
-            &format!("{p}admission_duration_seconds_count{{operation=\"CREATE\"}}")
+            &format!(
+                "{p}admission_duration_seconds_count{{operation=\"CREATE\",outcome=\"allocated\"}}"
+            )
         ),
         2.0
     );
     assert_eq!(
         sample(
             &text,
-            &format!("{p}admission_duration_seconds_bucket{{le=\"0.0005\",operation=\"CREATE\"}}")
+            &format!(
+                "{p}admission_duration_seconds_bucket{{le=\"0.0005\",operation=\"CREATE\",outcome=\"allocated\"}}"
+            )
         ),
         1.0
     );
     assert_eq!(
         sample(
             &text,
-            &format!("{p}admission_duration_seconds_bucket{{le=\"0.005\",operation=\"CREATE\"}}")
+            &format!(
+                "{p}admission_duration_seconds_bucket{{le=\"0.005\",operation=\"CREATE\",outcome=\"allocated\"}}"
+            )
         ),
         2.0
     );
     assert_eq!(
         sample(
             &text,
-            &format!("{p}admission_duration_seconds_bucket{{le=\"0.0001\",operation=\"UPDATE\"}}")
+            &format!(
+                "{p}admission_duration_seconds_bucket{{le=\"0.0001\",operation=\"UPDATE\",outcome=\"skipped\"}}"
+            )
         ),
         1.0
     );
     let sum = sample(
         &text,
-        &format!("{p}admission_duration_seconds_sum{{operation=\"CREATE\"}}"),
+        &format!("{p}admission_duration_seconds_sum{{operation=\"CREATE\",outcome=\"allocated\"}}"),
     );
     assert!((sum - 0.0033).abs() < 1e-9, "{sum}");
     assert_eq!(
