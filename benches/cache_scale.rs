@@ -9,9 +9,10 @@
 //!   subtracted by measuring RSS after loading it and before starting cluster mode. Buffers the
 //!   fake allocates while serving the LIST are counted against us, so this is an upper bound.
 //!
-//! A third setup, `standalone-file`, is `serve --standalone --services FILE` with the same Services
-//! in a file as `kubectl get svc -A -o yaml` prints them (a `List`, managedFields hidden as kubectl
-//! does by default): the memory of loading a large export, next to cluster mode's.
+//! Two more, `standalone-yaml` and `standalone-json`, are `serve --standalone --services FILE` with
+//! the same Services in a file as `kubectl get svc -A -o yaml|json` prints them (a `List`,
+//! managedFields hidden as kubectl does by default): the memory of loading a large export, next to
+//! cluster mode's.
 //!
 //! `cargo bench --bench cache_scale` prints the table; without `--bench` (as `cargo test --benches`
 //! runs it) a small smoke run checks that sync and events work, without timing claims.
@@ -122,8 +123,32 @@ fn write_services_yaml(path: &std::path::Path, n: u64) {
     out.flush().expect("flush");
 }
 
-/// `--measure standalone-file N DIR`: `serve --standalone` loading DIR/services.yaml.
-async fn measure_standalone(n: u64, dir: &std::path::Path) -> Value {
+/// The same Services as `kubectl get svc -A -o json` writes them, streamed item by item.
+fn write_services_json(path: &std::path::Path, n: u64) {
+    let file = std::fs::File::create(path).expect("create the Services file");
+    let mut out = std::io::BufWriter::new(file);
+    write!(out, "{{\n    \"apiVersion\": \"v1\",\n    \"items\": [").expect("write");
+    for i in 0..n {
+        let mut svc = objects::service(i, objects::address(i));
+        if let Some(meta) = svc["metadata"].as_object_mut() {
+            meta.remove("managedFields");
+        }
+        if i > 0 {
+            write!(out, ",").expect("write");
+        }
+        serde_json::to_writer_pretty(&mut out, &svc).expect("JSON");
+    }
+    writeln!(
+        out,
+        "],\n    \"kind\": \"List\",\n    \"metadata\": {{\"resourceVersion\": \"\"}}\n}}"
+    )
+    .expect("write");
+    out.flush().expect("flush");
+}
+
+/// `--measure standalone-yaml|standalone-json N DIR`: `serve --standalone` loading
+/// DIR/services.yaml or DIR/services.json.
+async fn measure_standalone(n: u64, dir: &std::path::Path, file: &str) -> Value {
     let configmap = dir.join("configmap.yaml");
     std::fs::write(
         &configmap,
@@ -132,7 +157,7 @@ async fn measure_standalone(n: u64, dir: &std::path::Path) -> Value {
     .expect("write the ConfigMap");
     let (cm, services) = (
         configmap.display().to_string(),
-        dir.join("services.yaml").display().to_string(),
+        dir.join(file).display().to_string(),
     );
     let cert_dir = dir.join("certs").display().to_string();
     let argv = [
@@ -177,8 +202,13 @@ async fn measure_standalone(n: u64, dir: &std::path::Path) -> Value {
     let settled = rss();
     running.shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), running.wait()).await;
+    let mode = if file.ends_with(".json") {
+        "standalone-json"
+    } else {
+        "standalone-yaml"
+    };
     json!({
-        "mode": "standalone-file", "n": n, "sync_s": sync.as_secs_f64(),
+        "mode": mode, "n": n, "sync_s": sync.as_secs_f64(),
         "cpu_sync_s": cpu_sync.as_secs_f64(), "rss_before": before,
         "rss_after_sync": after_sync, "rss_settled": settled,
     })
@@ -421,7 +451,7 @@ fn print_table(results: &[Value]) {
         "RSS = growth of this process from before cluster mode starts to readiness (settled: {SETTLE:?} later); targets: RSS <= 150 MiB, sync < 5 s; \
          CPU = all threads of the measuring process during sync (in-process: the fake's too); \
          event = create through the API -> index holds the address ({EVENTS} events); \
-         standalone-file: sync = loading the file, no fake and no events"
+         standalone-*: sync = loading the file, no fake and no events"
     );
     let rss_of_mode = |mode: &str| {
         results.iter().find(|r| r["mode"] == mode).map(|r| {
@@ -429,11 +459,13 @@ fn print_table(results: &[Value]) {
                 .max(f(r, "rss_settled") - f(r, "rss_before"))
         })
     };
-    if let (Some(file), Some(cluster)) = (rss_of_mode("standalone-file"), rss_of_mode("separate")) {
-        println!(
-            "standalone-file / separate (peak RSS growth): {:.2}x",
-            file / cluster.max(1.0)
-        );
+    for file in ["standalone-yaml", "standalone-json"] {
+        if let (Some(f), Some(cluster)) = (rss_of_mode(file), rss_of_mode("separate")) {
+            println!(
+                "{file} / separate (RSS growth): {:.2}x",
+                f / cluster.max(1.0)
+            );
+        }
     }
 }
 
@@ -453,7 +485,12 @@ fn main() {
             let dir = std::path::PathBuf::from(args.get(3).expect("directory"));
             let result = match args.get(1).map(String::as_str) {
                 Some("separate") => rt.block_on(measure_separate(n)),
-                Some("standalone-file") => rt.block_on(measure_standalone(n, &dir)),
+                Some("standalone-yaml") => {
+                    rt.block_on(measure_standalone(n, &dir, "services.yaml"))
+                }
+                Some("standalone-json") => {
+                    rt.block_on(measure_standalone(n, &dir, "services.json"))
+                }
                 _ => rt.block_on(measure_in_process(n)),
             };
             println!("RESULT {result}");
@@ -465,16 +502,22 @@ fn main() {
     let n = if bench { 100_000 } else { 300 };
     let dir = tempfile::tempdir().expect("temp dir");
     write_services_yaml(&dir.path().join("services.yaml"), n);
-    let results: Vec<Value> = ["separate", "in-process", "standalone-file"]
-        .iter()
-        .map(|mode| {
-            let r = in_child(mode, n, dir.path());
-            eprintln!(
-                "  {mode}: {n} Services loaded in {:.2} s",
-                r["sync_s"].as_f64().unwrap_or(0.0)
-            );
-            r
-        })
-        .collect();
+    write_services_json(&dir.path().join("services.json"), n);
+    let results: Vec<Value> = [
+        "separate",
+        "in-process",
+        "standalone-yaml",
+        "standalone-json",
+    ]
+    .iter()
+    .map(|mode| {
+        let r = in_child(mode, n, dir.path());
+        eprintln!(
+            "  {mode}: {n} Services loaded in {:.2} s",
+            r["sync_s"].as_f64().unwrap_or(0.0)
+        );
+        r
+    })
+    .collect();
     print_table(&results);
 }

@@ -4,6 +4,8 @@
 mod support;
 #[path = "support/metrics.rs"]
 mod support_metrics;
+#[path = "support/monitoring.rs"]
+mod support_monitoring;
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
@@ -21,7 +23,7 @@ use kube_vip_webhook::service::SvcInfo;
 use kube_vip_webhook::state::Request;
 use serde_json::json;
 use support::fake_apiserver::{FakeApiServer, Matcher};
-use support_metrics::{sample, scrape};
+use support_metrics::{sample, scrape, series_names};
 use tokio_util::sync::CancellationToken;
 
 const ANNOTATION: &str = "kube-vip.io/loadbalancerIPs";
@@ -664,4 +666,78 @@ async fn followers_forward_admissions_to_the_leader() {
         "the leader decided every admission"
     );
     assert_eq!(b.allocator.reservations(), 0, "the follower decided none");
+}
+
+/// Every metric the alerts and the dashboard (manifest/monitoring) read is exported by a real
+/// cluster-mode process once each code path has run once: an admission, a reconcile, an Event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_alerts_and_dashboard_use_is_exported() {
+    use support_monitoring::{
+        alerts, as_promql, dashboard, dashboard_queries, metric_names, rule_groups,
+    };
+
+    let fake = FakeApiServer::new();
+    fake.insert(&configmap(&[("range-global", "10.0.0.1-10.0.0.2")]))
+        .unwrap();
+    let c = start(fake, &[]).await;
+    ready(&c).await;
+    c.fake.insert(&lb("m", "bypassed", 80, None)).unwrap();
+    eventually("reconciled", || async {
+        annotation_of(&c.fake, "m", "bypassed")
+    })
+    .await;
+    eventually("IPAllocated event", || async {
+        events(&c.fake, "m", "IPAllocated").pop()
+    })
+    .await;
+    // One admission over HTTPS (the names, not the certificate, are under test here).
+    let https = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "u1", "operation": "CREATE", "namespace": "m", "name": "admitted",
+            "kind": {"group": "", "version": "v1", "kind": "Service"},
+            "resource": {"group": "", "version": "v1", "resource": "services"},
+            "userInfo": {"username": "test"},
+            "object": serde_json::to_value(lb("m", "admitted", 80, None)).unwrap()
+        }
+    });
+    let status = https
+        .post(format!("https://{}/mutate", c.running.webhook_addr))
+        .json(&review)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+
+    let exported = series_names(&scrape(c.running.admin_addr).await);
+    let mut used = Vec::new();
+    for (alert, rule) in alerts(&rule_groups()) {
+        let expr = rule["expr"].as_str().unwrap_or_default().to_string();
+        used.extend(metric_names(&expr).into_iter().map(|m| (m, alert.clone())));
+    }
+    for (panel, expr) in dashboard_queries(&dashboard()) {
+        used.extend(
+            metric_names(&as_promql(&expr))
+                .into_iter()
+                .map(|m| (m, panel.clone())),
+        );
+    }
+    assert!(
+        used.len() >= 20,
+        "too few metric references found: {used:?}"
+    );
+    let missing: Vec<String> = used
+        .iter()
+        .filter(|(m, _)| !exported.contains(m))
+        .map(|(m, by)| format!("{m} (used by {by})"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not in /metrics: {missing:#?}\nexported: {exported:#?}"
+    );
 }
