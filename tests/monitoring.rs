@@ -183,10 +183,11 @@ fn dashboard_has_the_schema_fields_grafana_needs() {
             problems.push(format!("{title}: no type or title"));
         }
         let g = &p["gridPos"];
-        let (x, w) = (g["x"].as_u64(), g["w"].as_u64());
-        if !(x.is_some() && g["y"].is_u64() && g["h"].is_u64())
-            || !w.is_some_and(|w| w > 0 && x.unwrap_or(24) + w <= 24)
-        {
+        let inside = match (g["x"].as_u64(), g["w"].as_u64()) {
+            (Some(x), Some(w)) => w > 0 && x + w <= 24,
+            _ => false,
+        };
+        if !(inside && g["y"].is_u64() && g["h"].is_u64()) {
             problems.push(format!("{title}: gridPos outside the 24 columns"));
         }
         if p["type"] == "row" {

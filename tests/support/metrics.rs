@@ -13,9 +13,12 @@ pub async fn scrape(admin: SocketAddr) -> String {
     resp.text().await.expect("/metrics body")
 }
 
+/// One sample line: name, labels, value.
+type Sample<'a> = (&'a str, Vec<(&'a str, &'a str)>, f64);
+
 /// Splits a sample line `name{a="b",c="d"} value` into its name, labels and value. Enough for
 /// our own exposition: label values never contain `,` `"` or `}`.
-fn parse_sample(line: &str) -> Option<(&str, Vec<(&str, &str)>, f64)> {
+fn parse_sample(line: &str) -> Option<Sample<'_>> {
     let (series, value) = line.rsplit_once(' ')?;
     let value = value.parse().ok()?;
     let (name, labels) = match series.split_once('{') {
