@@ -151,8 +151,10 @@ pub async fn start_standalone(
     let readiness = Readiness::default();
     let metrics = Arc::new(Metrics::new(allocator.clone()));
     metrics.set_config_loaded(std::time::SystemTime::now());
-    let served =
-        (args.tls_cert_file.clone()).or_else(|| cert_dir.as_ref().map(|d| d.join("tls.crt")));
+    let served = args
+        .tls_cert_file
+        .clone()
+        .or_else(|| cert_dir.as_ref().map(|d| d.join("tls.crt")));
     if let Some(file) = served {
         metrics.set_certificate_source(crate::metrics::certificate_file(file));
     }

@@ -10,6 +10,8 @@
 //! need them say so in one line and pass. (`tests/cluster.rs` checks that every metric the rules
 //! and the dashboard use is exported.)
 
+#[path = "support/metrics.rs"]
+mod metrics;
 #[path = "support/monitoring.rs"]
 mod monitoring;
 
@@ -452,6 +454,19 @@ async fn prometheus_fires_the_exhaustion_alert_for_a_real_webhook() {
     let (_prometheus, base) = start_prometheus(dir.path(), running.admin_addr);
     let log = dir.path().join("prometheus.log");
     let http = reqwest::Client::new();
+
+    // Standalone mode exports the generated certificate's expiry and its config load time.
+    let text = metrics::scrape(running.admin_addr).await;
+    let pem = std::fs::read_to_string(dir.path().join("certs/tls.crt")).unwrap();
+    let not_after = kube_vip_webhook::tls::not_after(&pem)
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let name = "kube_vip_webhook_serving_certificate_not_after_timestamp_seconds";
+    assert_eq!(metrics::sample(&text, name, &[]), Some(not_after));
+    let name = "kube_vip_webhook_config_last_load_timestamp_seconds";
+    assert!(metrics::sample(&text, name, &[]).is_some(), "{text}");
 
     // Scraped, two addresses free, the alert silent.
     let free_query = format!(

@@ -562,7 +562,10 @@ async fn admin_endpoints() {
     let v4 = "{pool=\"cidr-default\",family=\"IPv4\"}";
     assert_eq!(sample(&text, &format!("{p}pool_addresses{v4}")), 254.0);
     assert_eq!(sample(&text, &format!("{p}pool_addresses_free{v4}")), 250.0);
-    assert_eq!(sample(&text, &format!("{p}reservations")), 2.0);
+    assert_eq!(sample(&text, &format!("{p}reservations_pending")), 2.0);
+    // `/readyz` said not ready just before; nothing set the mode-specific gauges.
+    assert_eq!(sample(&text, &format!("{p}ready")), 0.0);
+    assert!(!text.contains(&format!("{p}leader ")), "{text}");
     assert_eq!(sample(&text, &format!("{p}config_errors")), 1.0);
     assert_eq!(sample(&text, &format!("{p}config_present")), 1.0);
     assert!(text.trim_end().ends_with("# EOF"));
