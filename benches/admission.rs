@@ -309,7 +309,7 @@ fn run_scenario(
 ) -> Row {
     let allocator = allocator(s, existing);
     let metrics = Arc::new(Metrics::new(allocator.clone()));
-    let leadership = kube_vip_webhook::leadership::Leadership::single();
+    let leadership = kube_vip_webhook::leadership::Leadership::single(None);
     leadership.set_synced();
     let hook_app = webhook::router(WebhookState {
         allocator: allocator.clone(),

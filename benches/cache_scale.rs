@@ -9,6 +9,11 @@
 //!   subtracted by measuring RSS after loading it and before starting cluster mode. Buffers the
 //!   fake allocates while serving the LIST are counted against us, so this is an upper bound.
 //!
+//! Two more, `standalone-yaml` and `standalone-json`, are `serve --standalone --services FILE` with
+//! the same Services in a file as `kubectl get svc -A -o yaml|json` prints them (a `List`,
+//! managedFields hidden as kubectl does by default): the memory of loading a large export, next to
+//! cluster mode's.
+//!
 //! `cargo bench --bench cache_scale` prints the table; without `--bench` (as `cargo test --benches`
 //! runs it) a small smoke run checks that sync and events work, without timing claims.
 
@@ -95,6 +100,118 @@ fn loaded_fake(n: u64) -> FakeApiServer {
             .expect("insert Service");
     }
     fake
+}
+
+/// The Services as `kubectl get svc -A -o yaml` writes them, streamed item by item (building
+/// the whole `List` as one value first would need gigabytes here).
+fn write_services_yaml(path: &std::path::Path, n: u64) {
+    let file = std::fs::File::create(path).expect("create the Services file");
+    let mut out = std::io::BufWriter::new(file);
+    writeln!(out, "apiVersion: v1\nitems:").expect("write");
+    for i in 0..n {
+        let mut svc = objects::service(i, objects::address(i));
+        if let Some(meta) = svc["metadata"].as_object_mut() {
+            meta.remove("managedFields"); // kubectl hides them unless --show-managed-fields
+        }
+        let yaml = serde_yaml_ng::to_string(&svc).expect("YAML");
+        for (j, line) in yaml.lines().enumerate() {
+            let indent = if j == 0 { "- " } else { "  " };
+            writeln!(out, "{indent}{line}").expect("write");
+        }
+    }
+    writeln!(out, "kind: List\nmetadata:\n  resourceVersion: \"\"").expect("write");
+    out.flush().expect("flush");
+}
+
+/// The same Services as `kubectl get svc -A -o json` writes them, streamed item by item.
+fn write_services_json(path: &std::path::Path, n: u64) {
+    let file = std::fs::File::create(path).expect("create the Services file");
+    let mut out = std::io::BufWriter::new(file);
+    write!(out, "{{\n    \"apiVersion\": \"v1\",\n    \"items\": [").expect("write");
+    for i in 0..n {
+        let mut svc = objects::service(i, objects::address(i));
+        if let Some(meta) = svc["metadata"].as_object_mut() {
+            meta.remove("managedFields");
+        }
+        if i > 0 {
+            write!(out, ",").expect("write");
+        }
+        serde_json::to_writer_pretty(&mut out, &svc).expect("JSON");
+    }
+    writeln!(
+        out,
+        "],\n    \"kind\": \"List\",\n    \"metadata\": {{\"resourceVersion\": \"\"}}\n}}"
+    )
+    .expect("write");
+    out.flush().expect("flush");
+}
+
+/// `--measure standalone-yaml|standalone-json N DIR`: `serve --standalone` loading
+/// DIR/services.yaml or DIR/services.json.
+async fn measure_standalone(n: u64, dir: &std::path::Path, file: &str) -> Value {
+    let configmap = dir.join("configmap.yaml");
+    std::fs::write(
+        &configmap,
+        serde_yaml_ng::to_string(&objects::configmap()).expect("YAML"),
+    )
+    .expect("write the ConfigMap");
+    let (cm, services) = (
+        configmap.display().to_string(),
+        dir.join(file).display().to_string(),
+    );
+    let cert_dir = dir.join("certs").display().to_string();
+    let argv = [
+        "kube-vip-webhook",
+        "serve",
+        "--standalone",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--configmap",
+        &cm,
+        "--services",
+        &services,
+        "--cert-dir",
+        &cert_dir,
+    ];
+    let args = match Cli::try_parse_from(argv).expect("serve flags").command {
+        CliCommand::Serve(a) => *a,
+        _ => unreachable!("serve was parsed"),
+    };
+    let before = rss();
+    let cpu_before = cpu();
+    let started = Instant::now();
+    let running = kube_vip_webhook::cli::start(&args, Stop::default())
+        .await
+        .expect("standalone starts");
+    let sync = started.elapsed();
+    let cpu_sync = cpu().saturating_sub(cpu_before);
+    let after_sync = rss();
+    assert_eq!(
+        running.allocator.used_count() as u64,
+        n,
+        "every address loaded"
+    );
+    tokio::time::sleep(if n >= 10_000 {
+        SETTLE
+    } else {
+        Duration::from_millis(100)
+    })
+    .await;
+    let settled = rss();
+    running.stop.shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), running.wait()).await;
+    let mode = if file.ends_with(".json") {
+        "standalone-json"
+    } else {
+        "standalone-yaml"
+    };
+    json!({
+        "mode": mode, "n": n, "sync_s": sync.as_secs_f64(),
+        "cpu_sync_s": cpu_sync.as_secs_f64(), "rss_before": before,
+        "rss_after_sync": after_sync, "rss_settled": settled,
+    })
 }
 
 fn serve_args(dir: &std::path::Path) -> ServeArgs {
@@ -276,10 +393,11 @@ fn fake_process(rt: &tokio::runtime::Runtime, n: u64) {
 }
 
 /// Run one measurement in a fresh process and read its result line.
-fn in_child(mode: &str, n: u64) -> Value {
+fn in_child(mode: &str, n: u64, dir: &std::path::Path) -> Value {
     let exe = std::env::current_exe().expect("current exe");
     let out = Command::new(exe)
         .args(["--measure", mode, &n.to_string()])
+        .arg(dir)
         .stderr(Stdio::inherit())
         .output()
         .expect("run the measurement");
@@ -296,8 +414,8 @@ fn print_table(results: &[Value]) {
     let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
     println!();
     println!(
-        "{:<11} {:>8} {:>8} {:>9} {:>10} {:>10} {:>9} {:>9} {:>10} {:>10} {:>9}",
-        "fake",
+        "{:<15} {:>8} {:>8} {:>9} {:>10} {:>10} {:>9} {:>9} {:>10} {:>10} {:>9}",
+        "setup",
         "services",
         "sync s",
         "CPU s",
@@ -315,7 +433,7 @@ fn print_table(results: &[Value]) {
         let settled = f(r, "rss_settled") - f(r, "rss_before");
         let ok = mib(grown.max(settled) as u64) <= 150.0 && f(r, "sync_s") < 5.0;
         println!(
-            "{:<11} {:>8.0} {:>8.2} {:>9.2} {:>10.1} {:>10.1} {:>9.0} {:>9.0} {:>8.1}ms {:>8.1}ms {:>9}",
+            "{:<15} {:>8.0} {:>8.2} {:>9.2} {:>10.1} {:>10.1} {:>9.0} {:>9.0} {:>8.1}ms {:>8.1}ms {:>9}",
             r["mode"].as_str().unwrap_or("?"),
             n,
             f(r, "sync_s"),
@@ -332,8 +450,23 @@ fn print_table(results: &[Value]) {
     println!(
         "RSS = growth of this process from before cluster mode starts to readiness (settled: {SETTLE:?} later); targets: RSS <= 150 MiB, sync < 5 s; \
          CPU = all threads of the measuring process during sync (in-process: the fake's too); \
-         event = create through the API -> index holds the address ({EVENTS} events)"
+         event = create through the API -> index holds the address ({EVENTS} events); \
+         standalone-*: sync = loading the file, no fake and no events"
     );
+    let rss_of_mode = |mode: &str| {
+        results.iter().find(|r| r["mode"] == mode).map(|r| {
+            (f(r, "rss_after_sync") - f(r, "rss_before"))
+                .max(f(r, "rss_settled") - f(r, "rss_before"))
+        })
+    };
+    for file in ["standalone-yaml", "standalone-json"] {
+        if let (Some(f), Some(cluster)) = (rss_of_mode(file), rss_of_mode("separate")) {
+            println!(
+                "{file} / separate (RSS growth): {:.2}x",
+                f / cluster.max(1.0)
+            );
+        }
+    }
 }
 
 fn main() {
@@ -349,8 +482,15 @@ fn main() {
         Some("--fake-apiserver") => return fake_process(&rt, number(1)),
         Some("--measure") => {
             let n = number(2);
+            let dir = std::path::PathBuf::from(args.get(3).expect("directory"));
             let result = match args.get(1).map(String::as_str) {
                 Some("separate") => rt.block_on(measure_separate(n)),
+                Some("standalone-yaml") => {
+                    rt.block_on(measure_standalone(n, &dir, "services.yaml"))
+                }
+                Some("standalone-json") => {
+                    rt.block_on(measure_standalone(n, &dir, "services.json"))
+                }
                 _ => rt.block_on(measure_in_process(n)),
             };
             println!("RESULT {result}");
@@ -360,16 +500,24 @@ fn main() {
     }
     let bench = args.iter().any(|a| a == "--bench");
     let n = if bench { 100_000 } else { 300 };
-    let results: Vec<Value> = ["separate", "in-process"]
-        .iter()
-        .map(|mode| {
-            let r = in_child(mode, n);
-            eprintln!(
-                "  {mode}: synced {n} Services in {:.2} s",
-                r["sync_s"].as_f64().unwrap_or(0.0)
-            );
-            r
-        })
-        .collect();
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_services_yaml(&dir.path().join("services.yaml"), n);
+    write_services_json(&dir.path().join("services.json"), n);
+    let results: Vec<Value> = [
+        "separate",
+        "in-process",
+        "standalone-yaml",
+        "standalone-json",
+    ]
+    .iter()
+    .map(|mode| {
+        let r = in_child(mode, n, dir.path());
+        eprintln!(
+            "  {mode}: {n} Services loaded in {:.2} s",
+            r["sync_s"].as_f64().unwrap_or(0.0)
+        );
+        r
+    })
+    .collect();
     print_table(&results);
 }

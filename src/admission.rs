@@ -450,5 +450,7 @@ impl<'de> Deserialize<'de> for Str<'de> {
     }
 }
 
+pub mod objects;
+
 #[cfg(test)]
 mod tests;

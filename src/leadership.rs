@@ -19,18 +19,21 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
+use crate::metrics::Metrics;
+
 /// Lease annotation carrying the leader's webhook address, so followers can forward to it.
 pub const ADDRESS_ANNOTATION: &str = "kube-vip-webhook.kube-vip.io/leader-address";
 
 /// Shared by the webhook, the reconciler and the election loop; clones share the state.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Leadership {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     elected: bool,
+    /// Where the role is reported (`leader`, `leader_transitions_total`).
+    metrics: Option<Arc<Metrics>>,
     synced: AtomicBool,
     lease: Mutex<LeaseView>,
     /// Bumped each time this replica starts allocating (a term's `from` passed with synced
@@ -59,19 +62,26 @@ pub struct Term {
 
 impl Leadership {
     /// No election: this is the only replica; it allocates once synced.
-    pub fn single() -> Self {
-        Self::new(false)
+    pub fn single(metrics: Option<Arc<Metrics>>) -> Self {
+        if let Some(m) = &metrics {
+            m.set_leader(true);
+        }
+        Self::new(false, metrics)
     }
 
     /// Leader-elected: allocates only within a term granted by the election loop.
-    pub fn elected() -> Self {
-        Self::new(true)
+    pub fn elected(metrics: Option<Arc<Metrics>>) -> Self {
+        if let Some(m) = &metrics {
+            m.set_leader(false);
+        }
+        Self::new(true, metrics)
     }
 
-    fn new(elected: bool) -> Self {
+    fn new(elected: bool, metrics: Option<Arc<Metrics>>) -> Self {
         Leadership {
             inner: Arc::new(Inner {
                 elected,
+                metrics,
                 synced: AtomicBool::new(false),
                 lease: Mutex::new(LeaseView::default()),
                 started: watch::Sender::new(0),
@@ -139,6 +149,7 @@ impl Leadership {
             announced: false,
         });
         drop(view);
+        self.report(true);
         tracing::info!(
             allocating_in = ?from.saturating_duration_since(Instant::now()),
             "acquired the lease"
@@ -161,10 +172,19 @@ impl Leadership {
     /// Election loop: another replica leads (or nobody does); stop at once.
     pub fn follow(&self, leader_address: Option<String>) {
         let mut view = self.lease();
-        if view.term.take().is_some() {
-            tracing::warn!("no longer the leader; not allocating");
-        }
+        let was_leading = view.term.take().is_some();
         view.leader_address = leader_address;
+        drop(view);
+        if was_leading {
+            tracing::warn!("no longer the leader; not allocating");
+            self.report(false);
+        }
+    }
+
+    fn report(&self, leading: bool) {
+        if let Some(m) = &self.inner.metrics {
+            m.set_leader(leading);
+        }
     }
 
     /// Announce the start of allocation once per term, when `from` has passed and the caches
@@ -215,7 +235,7 @@ mod tests {
 
     #[test]
     fn a_single_replica_allocates_once_synced() {
-        let l = Leadership::single();
+        let l = Leadership::single(None);
         let now = Instant::now();
         assert!(!l.may_allocate(now));
         l.set_synced();
@@ -225,7 +245,7 @@ mod tests {
 
     #[test]
     fn an_elected_replica_allocates_only_inside_its_term_after_sync() {
-        let l = Leadership::elected();
+        let l = Leadership::elected(None);
         let t0 = Instant::now();
         l.begin(t0 + 5 * S, t0 + 10 * S);
         assert!(!l.may_allocate(t0 + 6 * S), "caches not synced");
@@ -252,7 +272,7 @@ mod tests {
 
     #[test]
     fn the_start_is_announced_once_per_term() {
-        let l = Leadership::elected();
+        let l = Leadership::elected(None);
         let mut rx = l.inner.started.subscribe();
         let t0 = Instant::now();
         l.begin(t0 + 2 * S, t0 + 10 * S);

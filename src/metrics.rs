@@ -3,16 +3,21 @@
 //! Event-driven metrics (admissions, reconciles, events) are counters/histograms updated by the
 //! code paths; state metrics (pool usage, reservations, config health) are read from a
 //! [`StatsSource`] at scrape time by a collector, so they are never stale.
+//!
+//! Gauges that only mean something in some modes (leader, waiting Services, the certificate's
+//! expiry, when the ConfigMap was loaded) are absent until set: a default 0 would read as "no
+//! leader" in standalone mode, or as a certificate that expired in 1970, and fire alerts.
 
 use std::fmt;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
@@ -57,11 +62,6 @@ struct AdmissionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OperationLabels {
-    operation: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: String,
 }
@@ -71,14 +71,55 @@ struct ReasonLabels {
     reason: String,
 }
 
+/// Reads the served certificate's expiry at scrape time; `None` when it cannot be read.
+pub type CertificateSource = Box<dyn Fn() -> Option<SystemTime> + Send + Sync>;
+
+/// The expiry of the certificate in a PEM file, read at each scrape: the files route re-reads
+/// the same file for each new connection, so this is what the next connection is served (an
+/// invalid new file is logged by the TLS layer and the previous certificate stays in service).
+pub fn certificate_file(path: std::path::PathBuf) -> CertificateSource {
+    Box::new(move || {
+        let pem = std::fs::read_to_string(&path).ok()?;
+        crate::tls::not_after(&pem).ok()
+    })
+}
+
+/// The expiry of a certificate held in memory (self-signed route: `pem` returns what is served).
+pub fn certificate_pem(pem: impl Fn() -> String + Send + Sync + 'static) -> CertificateSource {
+    Box::new(move || crate::tls::not_after(&pem()).ok())
+}
+
+/// Values exported only once set (see the module comment), read by [`OptionalCollector`].
+#[derive(Default)]
+struct Optional {
+    services_waiting: Mutex<Option<u64>>,
+    leader: Mutex<Option<bool>>,
+    config_loaded: Mutex<Option<SystemTime>>,
+    certificate: Mutex<Option<CertificateSource>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section is a single assignment or read: nothing is left half-done.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// The process's metrics. Share it as `Arc<Metrics>`.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     admissions: Family<AdmissionLabels, Counter>,
-    admission_duration: Family<OperationLabels, Histogram, fn() -> Histogram>,
+    admission_duration: Family<AdmissionLabels, Histogram, fn() -> Histogram>,
     reconciles: Family<OutcomeLabels, Counter>,
     events: Family<ReasonLabels, Counter>,
+    leader_transitions: Counter,
+    ready: Gauge,
+    optional: Arc<Optional>,
+}
+
+impl fmt::Debug for Optional {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Optional")
+    }
 }
 
 fn admission_histogram() -> Histogram {
@@ -95,11 +136,11 @@ impl Metrics {
             "Admission requests answered, by operation (CREATE, UPDATE, OTHER) and outcome",
             admissions.clone(),
         );
-        let admission_duration: Family<OperationLabels, Histogram, fn() -> Histogram> =
+        let admission_duration: Family<AdmissionLabels, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(admission_histogram);
         registry.register_with_unit(
             "admission_duration",
-            "Time to answer an admission request, by operation",
+            "Time to answer an admission request, by operation and outcome",
             Unit::Seconds,
             admission_duration.clone(),
         );
@@ -115,14 +156,59 @@ impl Metrics {
             "Kubernetes Events emitted, by reason",
             events.clone(),
         );
+        let leader_transitions = Counter::default();
+        registry.register(
+            "leader_transitions",
+            "Times this replica became or stopped being the Lease holder",
+            leader_transitions.clone(),
+        );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 while this replica is ready for admission traffic (caches synced, not shutting down)",
+            ready.clone(),
+        );
         registry.register_collector(Box::new(StatsCollector(stats)));
+        let optional = Arc::new(Optional::default());
+        registry.register_collector(Box::new(OptionalCollector(optional.clone())));
         Metrics {
             registry,
             admissions,
             admission_duration,
             reconciles,
             events,
+            leader_transitions,
+            ready,
+            optional,
         }
+    }
+
+    /// Handled LoadBalancer Services that have no address yet (cluster mode).
+    pub fn set_services_waiting(&self, count: usize) {
+        *lock(&self.optional.services_waiting) = Some(u64::try_from(count).unwrap_or(u64::MAX));
+    }
+
+    /// Whether this replica holds the Lease (cluster mode). Only a change counts as a transition.
+    pub fn set_leader(&self, leading: bool) {
+        let was = lock(&self.optional.leader).replace(leading);
+        if was.is_some_and(|was| was != leading) {
+            self.leader_transitions.inc();
+        }
+    }
+
+    /// The pool ConfigMap was read and parsed at `at` (its bad entries count in `config_errors`).
+    pub fn set_config_loaded(&self, at: SystemTime) {
+        *lock(&self.optional.config_loaded) = Some(at);
+    }
+
+    /// Where the served certificate's expiry is read at each scrape (replaces any earlier source).
+    pub fn set_certificate_source(&self, source: CertificateSource) {
+        *lock(&self.optional.certificate) = Some(source);
+    }
+
+    /// Readiness as `/readyz` reports it.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
     }
 
     /// Count one admission answer and record how long it took.
@@ -133,9 +219,7 @@ impl Metrics {
         };
         self.admissions.get_or_create(&labels).inc();
         self.admission_duration
-            .get_or_create(&OperationLabels {
-                operation: operation.to_string(),
-            })
+            .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
     }
 
@@ -237,7 +321,7 @@ impl Collector for StatsCollector {
         let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
         plain_gauge(
             &mut encoder,
-            "reservations",
+            "reservations_pending",
             "Admission reservations not yet confirmed by the Service cache.",
             count(self.0.reservations()),
         )?;
@@ -256,9 +340,171 @@ impl Collector for StatsCollector {
     }
 }
 
+/// Emits the [`Optional`] values that are set.
+struct OptionalCollector(Arc<Optional>);
+
+impl fmt::Debug for OptionalCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OptionalCollector")
+    }
+}
+
+/// Seconds since the Unix epoch, negative before it (a certificate's notAfter can be anything).
+fn unix_seconds(t: SystemTime) -> f64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    }
+}
+
+fn timestamp_gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    at: Option<SystemTime>,
+) -> fmt::Result {
+    let Some(at) = at else { return Ok(()) };
+    encoder
+        .encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Gauge)?
+        .encode_gauge(&unix_seconds(at))
+}
+
+impl Collector for OptionalCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let o = &self.0;
+        if let Some(n) = *lock(&o.services_waiting) {
+            plain_gauge(
+                &mut encoder,
+                "services_waiting",
+                "Handled LoadBalancer Services without an address, waiting for one.",
+                n,
+            )?;
+        }
+        if let Some(leading) = *lock(&o.leader) {
+            plain_gauge(
+                &mut encoder,
+                "leader",
+                "1 if this replica holds the Lease (runs the reconciler), 0 otherwise.",
+                u64::from(leading),
+            )?;
+        }
+        timestamp_gauge(
+            &mut encoder,
+            "config_last_load_timestamp",
+            "When the pool ConfigMap was last read and parsed (Unix time).",
+            *lock(&o.config_loaded),
+        )?;
+        // The source reads a file or a PEM: done outside the lock would need a clone of the
+        // closure; a scrape is rare and the read is short, so it runs under the lock.
+        let not_after = lock(&o.certificate).as_ref().and_then(|source| source());
+        timestamp_gauge(
+            &mut encoder,
+            "serving_certificate_not_after_timestamp",
+            "When the serving certificate expires (its notAfter, Unix time).",
+            not_after,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct NoPools;
+
+    impl StatsSource for NoPools {
+        fn pools(&self) -> Vec<PoolStat> {
+            Vec::new()
+        }
+        fn reservations(&self) -> usize {
+            2
+        }
+        fn config_errors(&self) -> usize {
+            0
+        }
+        fn config_present(&self) -> bool {
+            true
+        }
+    }
+
+    /// The value of the one sample of `name` (no labels), if exported.
+    fn sample(text: &str, name: &str) -> Option<f64> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn mode_specific_gauges_are_absent_until_set() {
+        let m = Metrics::new(Arc::new(NoPools));
+        let text = m.encode();
+        for name in [
+            "kube_vip_webhook_services_waiting",
+            "kube_vip_webhook_leader",
+            "kube_vip_webhook_config_last_load_timestamp_seconds",
+            "kube_vip_webhook_serving_certificate_not_after_timestamp_seconds",
+        ] {
+            assert_eq!(
+                sample(&text, name),
+                None,
+                "{name} exported before being set"
+            );
+        }
+        assert_eq!(
+            sample(&text, "kube_vip_webhook_reservations_pending"),
+            Some(2.0)
+        );
+
+        m.set_services_waiting(3);
+        m.set_leader(true);
+        m.set_config_loaded(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+        m.set_certificate_source(Box::new(|| {
+            Some(UNIX_EPOCH + Duration::from_secs(1_800_000_000))
+        }));
+        m.set_ready(true);
+        let text = m.encode();
+        let at = |name| sample(&text, name);
+        assert_eq!(at("kube_vip_webhook_services_waiting"), Some(3.0));
+        assert_eq!(at("kube_vip_webhook_leader"), Some(1.0));
+        assert_eq!(at("kube_vip_webhook_ready"), Some(1.0));
+        assert_eq!(
+            at("kube_vip_webhook_config_last_load_timestamp_seconds"),
+            Some(1_700_000_000.0)
+        );
+        assert_eq!(
+            at("kube_vip_webhook_serving_certificate_not_after_timestamp_seconds"),
+            Some(1_800_000_000.0)
+        );
+    }
+
+    #[test]
+    fn an_unreadable_certificate_is_absent_not_zero() {
+        let m = Metrics::new(Arc::new(NoPools));
+        m.set_certificate_source(Box::new(|| None));
+        let name = "kube_vip_webhook_serving_certificate_not_after_timestamp_seconds";
+        assert_eq!(sample(&m.encode(), name), None);
+    }
+
+    #[test]
+    fn leader_transitions_count_changes_only() {
+        let m = Metrics::new(Arc::new(NoPools));
+        let transitions =
+            |m: &Metrics| sample(&m.encode(), "kube_vip_webhook_leader_transitions_total");
+        m.set_leader(false); // the initial state is not a transition
+        m.set_leader(false);
+        assert_eq!(transitions(&m), Some(0.0));
+        m.set_leader(true);
+        m.set_leader(true);
+        m.set_leader(false);
+        assert_eq!(transitions(&m), Some(2.0));
+        assert_eq!(sample(&m.encode(), "kube_vip_webhook_leader"), Some(0.0));
+    }
+
+    #[test]
+    fn timestamps_before_the_epoch_are_negative() {
+        assert_eq!(unix_seconds(UNIX_EPOCH - Duration::from_secs(5)), -5.0);
+        assert_eq!(unix_seconds(UNIX_EPOCH + Duration::from_millis(1500)), 1.5);
+    }
 
     #[test]
     fn address_counts_never_overflow() {

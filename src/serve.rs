@@ -170,7 +170,16 @@ pub async fn start_standalone(
     };
     let readiness = Readiness::default();
     let metrics = Arc::new(Metrics::new(allocator.clone()));
-    let leadership = Leadership::single();
+    metrics.set_config_loaded(std::time::SystemTime::now());
+    let served = standalone
+        .tls_files
+        .as_ref()
+        .map(|(cert, _)| cert.clone())
+        .or_else(|| cert_dir.as_ref().map(|d| d.join("tls.crt")));
+    if let Some(file) = served {
+        metrics.set_certificate_source(crate::metrics::certificate_file(file));
+    }
+    let leadership = Leadership::single(Some(metrics.clone()));
     leadership.set_synced();
     let running = start_servers(
         settings,

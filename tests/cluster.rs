@@ -2,6 +2,10 @@
 //! caches, readiness, the reconciler, wake-ups, faults, Events, leader election.
 
 mod support;
+#[path = "support/metrics.rs"]
+mod support_metrics;
+#[path = "support/monitoring.rs"]
+mod support_monitoring;
 #[path = "support/wait.rs"]
 mod wait;
 
@@ -21,6 +25,7 @@ use kube_vip_webhook::service::SvcInfo;
 use kube_vip_webhook::state::Request;
 use serde_json::json;
 use support::fake_apiserver::{FakeApiServer, Matcher};
+use support_metrics::{sample, scrape, series_names};
 use wait::eventually;
 
 const ANNOTATION: &str = "kube-vip.io/loadbalancerIPs";
@@ -160,6 +165,37 @@ async fn caches_sync_then_ready_and_reconciler_annotates_bypassed_service() {
         .await
         .unwrap();
     assert_eq!(body.status(), 200);
+    let text = scrape(c.running.admin_addr).await;
+    assert_eq!(sample(&text, "kube_vip_webhook_ready", &[]), Some(1.0));
+    let loaded = sample(
+        &text,
+        "kube_vip_webhook_config_last_load_timestamp_seconds",
+        &[],
+    )
+    .expect("config load time exported");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        loaded <= now && loaded > now - 600.0,
+        "loaded at {loaded}, now {now}"
+    );
+    // The files route: the certificate serve_args wrote, valid for an hour.
+    let pem = std::fs::read_to_string(c._dir.path().join("tls.crt")).unwrap();
+    let not_after = kube_vip_webhook::tls::not_after(&pem)
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert_eq!(
+        sample(
+            &text,
+            "kube_vip_webhook_serving_certificate_not_after_timestamp_seconds",
+            &[]
+        ),
+        Some(not_after)
+    );
 
     // Created while the webhook was bypassed: the reconciler annotates it.
     c.fake.insert(&lb("web", "bypassed", 80, None)).unwrap();
@@ -199,6 +235,16 @@ async fn waiting_service_is_woken_by_delete_and_by_pool_growth() {
     .await;
     assert!(ev.note.unwrap().contains("exhausted"));
     assert_eq!(annotation_of(&c.fake, "a", "waiting"), None);
+    let admin = c.running.admin_addr;
+    let waiting = |n: f64| async move {
+        (sample(
+            &scrape(admin).await,
+            "kube_vip_webhook_services_waiting",
+            &[],
+        ) == Some(n))
+        .then_some(())
+    };
+    eventually("one Service waiting in /metrics", || waiting(1.0)).await;
 
     // Deleting the holder frees 10.0.0.1: the waiting Service is woken and gets it.
     c.fake.delete::<Service>(Some("a"), "holder").unwrap();
@@ -207,6 +253,7 @@ async fn waiting_service_is_woken_by_delete_and_by_pool_growth() {
     })
     .await;
     assert_eq!(ip, "10.0.0.1");
+    eventually("no Service waiting in /metrics", || waiting(0.0)).await;
 
     // Another waiter; the pool grows.
     c.fake.insert(&lb("a", "second", 80, None)).unwrap();
@@ -454,6 +501,12 @@ async fn only_the_lease_holder_reconciles_and_a_standby_takes_over() {
         reporters.iter().all(|r| r.starts_with("replica-a_")),
         "{reporters:?}"
     );
+    let leader = |text: &str| sample(text, "kube_vip_webhook_leader", &[]);
+    let transitions = |text: &str| sample(text, "kube_vip_webhook_leader_transitions_total", &[]);
+    let text = scrape(a.running.admin_addr).await;
+    assert_eq!((leader(&text), transitions(&text)), (Some(1.0), Some(1.0)));
+    let text = scrape(b.running.admin_addr).await;
+    assert_eq!((leader(&text), transitions(&text)), (Some(0.0), Some(0.0)));
 
     // The leader shuts down and releases the lease: b takes over and reconciles.
     a.running.stop.shutdown.cancel();
@@ -466,10 +519,89 @@ async fn only_the_lease_holder_reconciles_and_a_standby_takes_over() {
             .then_some(())
     })
     .await;
+    let b_admin = b.running.admin_addr;
+    eventually("b reports leading in /metrics", || async move {
+        let text = scrape(b_admin).await;
+        (leader(&text) == Some(1.0) && transitions(&text) == Some(1.0)).then_some(())
+    })
+    .await;
     fake.insert(&lb("l", "second", 80, None)).unwrap();
     eventually("annotated by the new leader", || async {
         annotation_of(&fake, "l", "second")
     })
     .await;
     drop(b);
+}
+/// Every metric the alerts and the dashboard (manifest/monitoring) read is exported by a real
+/// cluster-mode process once each code path has run once: an admission, a reconcile, an Event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_alerts_and_dashboard_use_is_exported() {
+    use support_monitoring::{
+        alerts, as_promql, dashboard, dashboard_queries, metric_names, rule_groups,
+    };
+
+    let fake = FakeApiServer::new();
+    fake.insert(&configmap(&[("range-global", "10.0.0.1-10.0.0.2")]))
+        .unwrap();
+    let c = start(fake, &[]).await;
+    ready(&c).await;
+    c.fake.insert(&lb("m", "bypassed", 80, None)).unwrap();
+    eventually("reconciled", || async {
+        annotation_of(&c.fake, "m", "bypassed")
+    })
+    .await;
+    eventually("IPAllocated event", || async {
+        events(&c.fake, "m", "IPAllocated").pop()
+    })
+    .await;
+    // One admission over HTTPS (the names, not the certificate, are under test here).
+    let https = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "u1", "operation": "CREATE", "namespace": "m", "name": "admitted",
+            "kind": {"group": "", "version": "v1", "kind": "Service"},
+            "resource": {"group": "", "version": "v1", "resource": "services"},
+            "userInfo": {"username": "test"},
+            "object": serde_json::to_value(lb("m", "admitted", 80, None)).unwrap()
+        }
+    });
+    let status = https
+        .post(format!("https://{}/mutate", c.running.webhook_addr))
+        .json(&review)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+
+    let exported = series_names(&scrape(c.running.admin_addr).await);
+    let mut used = Vec::new();
+    for (alert, rule) in alerts(&rule_groups()) {
+        let expr = rule["expr"].as_str().unwrap_or_default().to_string();
+        used.extend(metric_names(&expr).into_iter().map(|m| (m, alert.clone())));
+    }
+    for (panel, expr) in dashboard_queries(&dashboard()) {
+        used.extend(
+            metric_names(&as_promql(&expr))
+                .into_iter()
+                .map(|m| (m, panel.clone())),
+        );
+    }
+    assert!(
+        used.len() >= 20,
+        "too few metric references found: {used:?}"
+    );
+    let missing: Vec<String> = used
+        .iter()
+        .filter(|(m, _)| !exported.contains(m))
+        .map(|(m, by)| format!("{m} (used by {by})"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not in /metrics: {missing:#?}\nexported: {exported:#?}"
+    );
 }

@@ -110,15 +110,13 @@ async fn reconciler_assigns_services_created_while_the_webhook_was_down() {
     );
     assert!(wh.log_lines("reconcile failed").is_empty());
     // Every reservation was confirmed by the Service showing up: none leaks.
-    let metrics = wh.metrics().await;
     eventually("reservations to drain", || async {
         let m = wh.metrics().await;
         m.lines()
-            .any(|l| l == "kube_vip_webhook_reservations 0")
+            .any(|l| l == "kube_vip_webhook_reservations_pending 0")
             .then_some(())
     })
     .await;
-    drop(metrics);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

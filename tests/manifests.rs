@@ -51,6 +51,9 @@ const TLS_DIR: &str = "/etc/kube-vip-webhook/tls";
 const SELF_SIGNED_SECRET: &str = "kube-vip-webhook-selfsigned";
 const RUN_AS: i64 = 65532;
 const ROUTES: [&str; 2] = ["cert-manager", "self-signed"];
+/// The optional monitoring kustomization, applied next to either route.
+const MONITORING: &str = "manifest/monitoring";
+const METRICS_SERVICE: &str = "kube-vip-webhook-metrics";
 
 // ---------------------------------------------------------------------------------------------
 // Strict cert-manager schema (only the fields we use; anything else is refused).
@@ -221,6 +224,62 @@ impl From<GoDuration> for String {
 type Issuer = CmObject<IssuerSpec>;
 type Certificate = CmObject<CertificateSpec>;
 
+// Strict Prometheus Operator schema (monitoring.coreos.com/v1; only the fields we use).
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ServiceMonitorSpec {
+    selector: LabelSelector,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    namespace_selector: Option<NamespaceSelector>,
+    endpoints: Vec<MonitorEndpoint>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct NamespaceSelector {
+    match_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct MonitorEndpoint {
+    port: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    interval: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct PrometheusRuleSpec {
+    groups: Vec<RuleGroup>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RuleGroup {
+    name: String,
+    rules: Vec<AlertRule>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct AlertRule {
+    alert: String,
+    expr: String,
+    #[serde(rename = "for", default, skip_serializing_if = "Option::is_none")]
+    for_: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+type ServiceMonitor = CmObject<ServiceMonitorSpec>;
+type PrometheusRule = CmObject<PrometheusRuleSpec>;
+
 // ---------------------------------------------------------------------------------------------
 // Typed documents.
 
@@ -240,6 +299,8 @@ enum Obj {
     Certificate(Box<Certificate>),
     Lease(Box<Lease>),
     Secret(Box<Secret>),
+    ServiceMonitor(Box<ServiceMonitor>),
+    PrometheusRule(Box<PrometheusRule>),
 }
 
 /// Reads into `T` and back; any field `T` does not know (or re-types) is reported.
@@ -327,6 +388,8 @@ fn typed(doc: &Doc) -> Result<Obj, String> {
         ("cert-manager.io/v1", "Certificate") => Obj::Certificate(round_trip(v)?),
         ("coordination.k8s.io/v1", "Lease") => Obj::Lease(round_trip(v)?),
         ("v1", "Secret") => Obj::Secret(round_trip(v)?),
+        ("monitoring.coreos.com/v1", "ServiceMonitor") => Obj::ServiceMonitor(round_trip(v)?),
+        ("monitoring.coreos.com/v1", "PrometheusRule") => Obj::PrometheusRule(round_trip(v)?),
         _ => return Err(format!("unexpected apiVersion/kind {api_version}/{kind}")),
     };
     Ok(obj)
@@ -428,6 +491,9 @@ impl Route {
     pick!(certificates, Certificate, Certificate);
     pick!(leases, Lease, Lease);
     pick!(secrets, Secret, Secret);
+    pick!(service_monitors, ServiceMonitor, ServiceMonitor);
+    pick!(prometheus_rules, PrometheusRule, PrometheusRule);
+    pick!(config_maps, ConfigMap, ConfigMap);
 }
 
 fn only<'a, T>(what: &str, items: Vec<&'a T>, problems: &mut Vec<String>) -> Option<&'a T> {
@@ -1383,6 +1449,121 @@ fn check_route(r: &Route) -> Vec<String> {
     p
 }
 
+/// The monitoring objects next to an install route (they point at its Deployment).
+fn load_monitoring() -> Route {
+    let rendered = render(&repo().join(MONITORING)).unwrap_or_else(|e| panic!("{e}"));
+    let mut docs = Route::load("cert-manager").docs;
+    docs.extend(rendered.docs);
+    Route::from_docs("monitoring", docs).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn check_monitoring(r: &Route) -> Vec<String> {
+    let mut p = Vec::new();
+    let (Some(d), Some(sm), Some(_rules)) = (
+        only("Deployment", r.deployments(), &mut p),
+        only("ServiceMonitor", r.service_monitors(), &mut p),
+        only("PrometheusRule", r.prometheus_rules(), &mut p),
+    ) else {
+        return p;
+    };
+    let Some(c) = container(d) else {
+        p.push("Deployment should have exactly one container".into());
+        return p;
+    };
+    let admin = flag(c, "admin-listen").and_then(listen_port);
+    let pods = pod_labels(d);
+    let services = r.services();
+    let Some(metrics) = services
+        .iter()
+        .find(|s| name_of(&s.metadata) == METRICS_SERVICE)
+    else {
+        p.push(format!("no Service {METRICS_SERVICE}"));
+        return p;
+    };
+    if ns_of(&metrics.metadata) != ns_of(&d.metadata) {
+        p.push(format!(
+            "{METRICS_SERVICE} is not in the Deployment's namespace"
+        ));
+    }
+    let spec = metrics.spec.clone().unwrap_or_default();
+    let selector = spec.selector.clone().unwrap_or_default();
+    if selector.is_empty() || !selector.iter().all(|(k, v)| pods.get(k) == Some(v)) {
+        p.push(format!(
+            "{METRICS_SERVICE} selector does not match the Deployment's pod labels"
+        ));
+    }
+    let ports = spec.ports.clone().unwrap_or_default();
+    for port in &ports {
+        let target = port
+            .target_port
+            .clone()
+            .unwrap_or(IntOrString::Int(port.port));
+        if resolve_port(c, &target).is_none() || resolve_port(c, &target) != admin {
+            p.push(format!(
+                "{METRICS_SERVICE} port {} targets {target:?}, not the admin port (--admin-listen)",
+                port.name.clone().unwrap_or_default()
+            ));
+        }
+    }
+    // The ServiceMonitor scrapes the metrics Service and nothing else (never the webhook's).
+    let labels_of = |s: &Service| s.metadata.labels.clone().unwrap_or_default();
+    for s in &services {
+        let selected = selects(Some(&sm.spec.selector), &labels_of(s));
+        if name_of(&s.metadata) == METRICS_SERVICE && !selected {
+            p.push(format!(
+                "the ServiceMonitor does not select {METRICS_SERVICE}"
+            ));
+        }
+        if name_of(&s.metadata) != METRICS_SERVICE && selected {
+            p.push(format!(
+                "the ServiceMonitor also selects Service {}",
+                name_of(&s.metadata)
+            ));
+        }
+    }
+    let namespaces = sm.spec.namespace_selector.as_ref().map(|n| &n.match_names);
+    if !namespaces.is_some_and(|n| n.iter().any(|ns| ns == ns_of(&metrics.metadata))) {
+        p.push("the ServiceMonitor's namespaceSelector misses the metrics Service".into());
+    }
+    for e in &sm.spec.endpoints {
+        if !ports
+            .iter()
+            .any(|port| port.name.as_deref() == Some(&e.port))
+        {
+            p.push(format!(
+                "the ServiceMonitor scrapes port {}, which {METRICS_SERVICE} does not have",
+                e.port
+            ));
+        }
+        if e.path.as_deref().unwrap_or("/metrics") != "/metrics" {
+            p.push("the ServiceMonitor path should be /metrics".into());
+        }
+    }
+    // The dashboard ConfigMap: found by Grafana's sidecar label, and valid JSON.
+    let dashboards: Vec<&ConfigMap> = r
+        .config_maps()
+        .into_iter()
+        .filter(|cm| name_of(&cm.metadata) == "kube-vip-webhook-dashboard")
+        .collect();
+    if let Some(cm) = only("dashboard ConfigMap", dashboards, &mut p) {
+        let labels = cm.metadata.labels.clone().unwrap_or_default();
+        if labels.get("grafana_dashboard").map(String::as_str) != Some("1") {
+            p.push("the dashboard ConfigMap lacks grafana_dashboard: \"1\"".into());
+        }
+        for (key, json) in cm.data.iter().flatten() {
+            if let Err(e) = serde_json::from_str::<Value>(json) {
+                p.push(format!("dashboard {key} is not JSON: {e}"));
+            }
+        }
+    }
+    p
+}
+
+#[test]
+fn monitoring_agrees_with_the_install() {
+    assert_no_problems("monitoring", &check_monitoring(&load_monitoring()));
+}
+
 fn assert_no_problems(what: &str, problems: &[String]) {
     assert!(problems.is_empty(), "{what}:\n  {}", problems.join("\n  "));
 }
@@ -1612,8 +1793,12 @@ fn self_signed_route_args_parse_with_the_real_cli() {
 /// Our renderer against the real kustomize, where `kubectl` is installed.
 #[test]
 fn renderer_matches_kubectl_kustomize_when_available() {
-    for route in ROUTES {
-        let dir = repo().join("manifest/overlays").join(route);
+    let dirs = ROUTES
+        .iter()
+        .map(|r| repo().join("manifest/overlays").join(r))
+        .chain([repo().join(MONITORING)]);
+    for dir in dirs {
+        let route = rel(&dir);
         let out = match std::process::Command::new("kubectl")
             .arg("kustomize")
             .arg(&dir)
@@ -1855,6 +2040,49 @@ fn checks_catch_broken_manifests() {
         v["spec"]["template"]["spec"]["containers"][0]["args"][4] = "--cert-secret=other".into()
     });
     expect("cert-secret", &r, check_route(&r), "--cert-secret");
+
+    // Monitoring.
+    let mon = load_monitoring();
+    assert_no_problems("monitoring baseline", &check_monitoring(&mon));
+    let r = broken(&mon, "Service", METRICS_SERVICE, |v| {
+        v["spec"]["ports"][0]["targetPort"] = "https".into()
+    });
+    expect(
+        "metrics port",
+        &r,
+        check_monitoring(&r),
+        "not the admin port",
+    );
+    let r = broken(&mon, "ServiceMonitor", NAME, |v| {
+        v["spec"]["selector"]["matchLabels"]
+            .as_object_mut()
+            .unwrap()
+            .remove("app.kubernetes.io/component");
+    });
+    expect(
+        "monitor selects the webhook Service",
+        &r,
+        check_monitoring(&r),
+        "also selects Service kube-vip-webhook",
+    );
+    let r = broken(&mon, "ServiceMonitor", NAME, |v| {
+        v["spec"]["endpoints"][0]["port"] = "metrics".into()
+    });
+    expect(
+        "monitor port",
+        &r,
+        check_monitoring(&r),
+        "scrapes port metrics",
+    );
+    let r = broken(&mon, "Service", METRICS_SERVICE, |v| {
+        v["spec"]["selector"]["app.kubernetes.io/name"] = "other".into()
+    });
+    expect(
+        "metrics selector",
+        &r,
+        check_monitoring(&r),
+        "selector does not match",
+    );
 
     // The typed round trip refuses what k8s-openapi would silently drop.
     let mut doc = cm

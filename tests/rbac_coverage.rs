@@ -8,6 +8,8 @@
 #[path = "support/api_calls.rs"]
 mod api_calls;
 mod support;
+#[path = "support/metrics.rs"]
+mod support_metrics;
 #[path = "support/wait.rs"]
 mod wait;
 
@@ -520,6 +522,19 @@ async fn self_signed_route_calls_exactly_the_table() {
             .then_some(())
     })
     .await;
+    // The self-signed route exports the expiry of the certificate it serves (the Secret's).
+    let secret = fake
+        .get::<Secret>(Some(NAMESPACE), SELF_SIGNED_SECRET)
+        .unwrap();
+    let served = String::from_utf8(secret.data.unwrap()["tls.crt"].0.clone()).unwrap();
+    let not_after = kube_vip_webhook::tls::not_after(&served)
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let text = support_metrics::scrape(running.admin_addr).await;
+    let name = "kube_vip_webhook_serving_certificate_not_after_timestamp_seconds";
+    assert_eq!(support_metrics::sample(&text, name, &[]), Some(not_after));
     stop.shutdown.cancel();
     running.wait().await.unwrap();
     let rewritten = fake

@@ -496,34 +496,42 @@ async fn admin_endpoints() {
     assert_eq!(
         sample(
             &text,
-            &format!("{p}admission_duration_seconds_count{{operation=\"CREATE\"}}")
+            &format!(
+                "{p}admission_duration_seconds_count{{operation=\"CREATE\",outcome=\"allocated\"}}"
+            )
         ),
         2.0
     );
     assert_eq!(
         sample(
             &text,
-            &format!("{p}admission_duration_seconds_bucket{{le=\"0.0005\",operation=\"CREATE\"}}")
+            &format!(
+                "{p}admission_duration_seconds_bucket{{le=\"0.0005\",operation=\"CREATE\",outcome=\"allocated\"}}"
+            )
         ),
         1.0
     );
     assert_eq!(
         sample(
             &text,
-            &format!("{p}admission_duration_seconds_bucket{{le=\"0.005\",operation=\"CREATE\"}}")
+            &format!(
+                "{p}admission_duration_seconds_bucket{{le=\"0.005\",operation=\"CREATE\",outcome=\"allocated\"}}"
+            )
         ),
         2.0
     );
     assert_eq!(
         sample(
             &text,
-            &format!("{p}admission_duration_seconds_bucket{{le=\"0.0001\",operation=\"UPDATE\"}}")
+            &format!(
+                "{p}admission_duration_seconds_bucket{{le=\"0.0001\",operation=\"UPDATE\",outcome=\"skipped\"}}"
+            )
         ),
         1.0
     );
     let sum = sample(
         &text,
-        &format!("{p}admission_duration_seconds_sum{{operation=\"CREATE\"}}"),
+        &format!("{p}admission_duration_seconds_sum{{operation=\"CREATE\",outcome=\"allocated\"}}"),
     );
     assert!((sum - 0.0033).abs() < 1e-9, "{sum}");
     assert_eq!(
@@ -554,7 +562,10 @@ async fn admin_endpoints() {
     let v4 = "{pool=\"cidr-default\",family=\"IPv4\"}";
     assert_eq!(sample(&text, &format!("{p}pool_addresses{v4}")), 254.0);
     assert_eq!(sample(&text, &format!("{p}pool_addresses_free{v4}")), 250.0);
-    assert_eq!(sample(&text, &format!("{p}reservations")), 2.0);
+    assert_eq!(sample(&text, &format!("{p}reservations_pending")), 2.0);
+    // `/readyz` said not ready just before; nothing set the mode-specific gauges.
+    assert_eq!(sample(&text, &format!("{p}ready")), 0.0);
+    assert!(!text.contains(&format!("{p}leader ")), "{text}");
     assert_eq!(sample(&text, &format!("{p}config_errors")), 1.0);
     assert_eq!(sample(&text, &format!("{p}config_present")), 1.0);
     assert!(text.trim_end().ends_with("# EOF"));

@@ -1195,9 +1195,9 @@ async fn readyz_and_metrics_reflect_what_was_sent() {
         sample(
             &text,
             "kube_vip_webhook_admission_duration_seconds_count",
-            &[("operation", "CREATE")]
+            &[("operation", "CREATE"), ("outcome", "allocated")]
         ),
-        Some(6.0)
+        Some(3.0)
     );
     // Pool gauges: the dry run and the denial hold nothing.
     let pool = [("pool", "cidr-default"), ("family", "IPv4")];

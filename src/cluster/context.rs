@@ -147,6 +147,9 @@ impl Context {
             }
         }
         self.allocator.set_config(config);
+        if errors.is_some() {
+            self.metrics.set_config_loaded(std::time::SystemTime::now());
+        }
         let changed = {
             let mut last = lock(&self.reported_config);
             let changed = *last != errors;

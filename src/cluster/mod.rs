@@ -101,14 +101,22 @@ pub async fn start_with_client(
         },
         settings.config_ref(),
     ));
+    let metrics = Arc::new(Metrics::new(allocator.clone()));
     let (tls, ca) = match &settings.certs {
-        Certs::Files { cert, key, ca } => (
-            crate::tls::reloading_server_config(cert, key)?,
-            ca.clone().map(CaSource::File),
-        ),
+        Certs::Files { cert, key, ca } => {
+            metrics.set_certificate_source(crate::metrics::certificate_file(cert.clone()));
+            (
+                crate::tls::reloading_server_config(cert, key)?,
+                ca.clone().map(CaSource::File),
+            )
+        }
         Certs::SelfSigned(cfg) => {
             let boot =
                 crate::bootstrap::ensure_with(&client, cfg.clone(), stop.shutdown.clone()).await?;
+            let status = boot.status.clone();
+            metrics.set_certificate_source(crate::metrics::certificate_pem(move || {
+                status.borrow().cert_pem.clone()
+            }));
             let status = boot.status.clone();
             let bundle: Arc<dyn Fn() -> Vec<u8> + Send + Sync> =
                 Arc::new(move || status.borrow().ca_bundle.clone());
@@ -116,8 +124,8 @@ pub async fn start_with_client(
         }
     };
     let leadership = match settings.election {
-        Some(_) => Leadership::elected(),
-        None => Leadership::single(),
+        Some(_) => Leadership::elected(Some(metrics.clone())),
+        None => Leadership::single(Some(metrics.clone())),
     };
     let forward = match (&settings.election, ca) {
         (Some(lease), Some(ca)) => Some(Arc::new(Forwarder::new(
@@ -135,7 +143,6 @@ pub async fn start_with_client(
         }
         (None, _) => None,
     };
-    let metrics = Arc::new(Metrics::new(allocator.clone()));
     let readiness = crate::admin::Readiness::default();
     let mut running = start_servers(
         &settings.serve,

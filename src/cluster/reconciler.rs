@@ -85,6 +85,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (reader, writer) = reflector::store();
+    let (waiting, metrics) = (reader.clone(), ctx.metrics.clone());
     let index_ctx = ctx.clone();
     let options = ctx.allocator.options().clone();
     let stream = service_stream(ctx.client.clone())
@@ -94,6 +95,8 @@ pub async fn run(
         // every Service would be most of our memory at 100k Services, and nothing else reads it.
         .try_filter_map(move |ev| std::future::ready(Ok(pending_only(ev, &options))))
         .reflect(writer)
+        // The store holds exactly the Services still waiting for an address (on every replica).
+        .inspect_ok(move |_| metrics.set_services_waiting(waiting.len()))
         .applied_objects();
     let wake_rx = ctx.take_wake_rx();
     let wake = futures::stream::unfold(wake_rx, |rx| async move {

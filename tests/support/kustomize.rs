@@ -1,10 +1,11 @@
-//! A small kustomize for tests: `resources` (files, or directories with their own kustomization)
-//! and JSON 6902 `patches` with a target, which is all our kustomizations use. Unknown fields are
+//! A small kustomize for tests: `resources` (files, or directories with their own kustomization),
+//! JSON 6902 `patches` with a target, and `configMapGenerator` from files without the name hash,
+//! which is all our kustomizations use. Unknown fields are
 //! refused, so a kustomization cannot silently do more than this renderer understands.
 //! `tests/manifests.rs` compares it with `kubectl kustomize` where that is installed.
 #![allow(dead_code)] // each test binary uses a different part
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Component, Path, PathBuf};
 
@@ -63,6 +64,67 @@ pub struct Kustomization {
     resources: Vec<String>,
     #[serde(default)]
     patches: Vec<KPatch>,
+    #[serde(default)]
+    config_map_generator: Vec<KGenerator>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KGenerator {
+    name: String,
+    namespace: Option<String>,
+    /// `key=path` or `path` (the key is then the file name).
+    files: Vec<String>,
+    options: KGeneratorOptions,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct KGeneratorOptions {
+    /// Must be true: the renderer does not compute kustomize's content hash suffix.
+    disable_name_suffix_hash: bool,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+/// The ConfigMap a `configMapGenerator` entry produces, as kustomize writes it.
+fn generate_config_map(dir: &Path, kfile: &Path, g: &KGenerator) -> Result<Doc, String> {
+    if !g.options.disable_name_suffix_hash {
+        return Err(format!(
+            "{}: configMapGenerator {}: only disableNameSuffixHash: true is supported",
+            rel(kfile),
+            g.name
+        ));
+    }
+    let mut data = serde_json::Map::new();
+    for f in &g.files {
+        let (key, file) = match f.split_once('=') {
+            Some((k, p)) => (k.to_string(), p),
+            None => (
+                Path::new(f)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                f.as_str(),
+            ),
+        };
+        let path = dir.join(file);
+        let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", rel(&path)))?;
+        data.insert(key, Value::String(text));
+    }
+    let mut metadata = serde_json::json!({ "name": g.name });
+    if let Some(ns) = &g.namespace {
+        metadata["namespace"] = ns.clone().into();
+    }
+    if !g.options.labels.is_empty() {
+        metadata["labels"] = serde_json::to_value(&g.options.labels).map_err(|e| e.to_string())?;
+    }
+    Ok(Doc {
+        origin: format!("{} configMapGenerator {}", rel(kfile), g.name),
+        value: serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data,
+        }),
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,6 +217,13 @@ pub fn render(dir: &Path) -> Result<Rendered, String> {
             out.files.insert(path);
         } else {
             return Err(format!("{}: resource {r} does not exist", rel(&kfile)));
+        }
+    }
+    for g in &k.config_map_generator {
+        out.docs.push(generate_config_map(dir, &kfile, g)?);
+        for f in &g.files {
+            let file = f.split_once('=').map_or(f.as_str(), |(_, p)| p);
+            out.files.insert(dir.join(file));
         }
     }
     for p in &k.patches {
