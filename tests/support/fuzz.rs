@@ -102,6 +102,10 @@ impl Pool {
     }
 }
 
+/// Longest text [`TextMutation::Repeat`] builds: long enough for any length limit a parser may
+/// have (a ConfigMap value is at most 1 MiB in total), short enough to keep a case fast.
+const TEXT_MAX: usize = 128 * 1024;
+
 /// A change of a text input (ConfigMap values, annotations), at char boundaries.
 #[derive(Clone, Debug)]
 pub enum TextMutation {
@@ -161,7 +165,11 @@ pub fn mutate_text(s: &mut String, m: &TextMutation) {
             let end = bounds[(i + len as usize).min(bounds.len() - 1)];
             s.replace_range(at(pos)..end, "");
         }
-        TextMutation::Repeat { times } => *s = s.repeat(times as usize),
+        TextMutation::Repeat { times } => {
+            // Capped: stacked repeats would otherwise reach gigabytes.
+            let times = (times as usize).min(TEXT_MAX / s.len().max(1)).max(1);
+            *s = s.repeat(times);
+        }
         TextMutation::Truncate { pos } => s.truncate(at(pos)),
     }
 }
