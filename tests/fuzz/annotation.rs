@@ -19,7 +19,7 @@ use proptest::prelude::*;
 use crate::harness::json::pick;
 use crate::harness::{TextMutation, fuzz, line_seeds, mutate_text, text_mutation};
 
-const CASES: u32 = 5000;
+const CASES: u32 = 2500;
 
 /// Addresses in and around the pool, in both families, that holders and requests share.
 const ADDRS: &[&str] = &[

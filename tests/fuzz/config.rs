@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::harness::json::pick;
 use crate::harness::{TextMutation, fuzz, mutate_text, seeds_dir, text_mutation};
 
-const CASES: u32 = 5000;
+const CASES: u32 = 2500;
 
 const PREFIXES: &[&str] = &[
     "cidr-",
@@ -433,7 +433,7 @@ fn configmap_file() {
     fuzz(
         "configmap_file",
         // YAML parsing of long texts is slow in a debug build.
-        CASES / 5,
+        CASES / 8,
         (any::<u32>(), prop::collection::vec(text_mutation(), 1..6)),
         |(seed, muts)| build(*seed, muts),
         |(seed, muts), tally| {

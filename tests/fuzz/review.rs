@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::harness::{J, Pool, doc_case, fuzz, json_seeds, show_bytes};
 
 /// Cases in a plain `cargo test` (debug build): a few seconds.
-const CASES: u32 = 3000;
+const CASES: u32 = 800;
 
 pub fn full(body: &[u8]) -> serde_json::Result<AdmissionReview<Service>> {
     serde_json::from_slice(body)

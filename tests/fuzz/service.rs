@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::harness::{J, Pool, doc_case, fuzz, json_seeds, show_bytes};
 use crate::review::{duplicate_key, strip_service};
 
-const CASES: u32 = 3000;
+const CASES: u32 = 800;
 
 /// What cluster mode reads of a watched Service.
 fn watched(s: &Service) -> Value {
