@@ -41,7 +41,7 @@ use crate::service::{
 
 /// Decode a review of Services, keeping only what allocation reads.
 pub fn decode_service_review(body: &[u8]) -> serde_json::Result<AdmissionReview<Service>> {
-    let wire: WireReview = serde_json::from_slice(body)?;
+    let MapOnly(wire) = serde_json::from_slice::<MapOnly<WireReview>>(body)?;
     Ok(wire.into_review())
 }
 
@@ -107,7 +107,7 @@ struct WireReview {
     api_version: String,
     kind: String,
     #[serde(default)]
-    request: Option<WireRequest>,
+    request: Option<MapOnly<WireRequest>>,
 }
 
 #[derive(Deserialize)]
@@ -127,9 +127,9 @@ struct WireRequest {
     #[allow(dead_code)]
     user_info: IgnoredAny,
     #[serde(default)]
-    object: Option<WireService>,
+    object: Option<MapOnly<WireService>>,
     #[serde(default)]
-    old_object: Option<WireService>,
+    old_object: Option<MapOnly<WireService>>,
     #[serde(default)]
     dry_run: bool,
 }
@@ -140,7 +140,7 @@ impl WireReview {
             api_version: self.api_version,
             kind: self.kind,
         };
-        let request = self.request.map(|r| AdmissionRequest {
+        let request = self.request.map(|MapOnly(r)| AdmissionRequest {
             types: types.clone(),
             uid: r.uid,
             kind: r.kind,
@@ -154,8 +154,8 @@ impl WireReview {
             namespace: r.namespace,
             operation: r.operation,
             user_info: Default::default(),
-            object: r.object.map(WireService::into_service),
-            old_object: r.old_object.map(WireService::into_service),
+            object: r.object.map(|o| o.0.into_service()),
+            old_object: r.old_object.map(|o| o.0.into_service()),
             dry_run: r.dry_run,
             options: None,
         });
@@ -177,11 +177,11 @@ struct WireService {
     #[allow(dead_code)]
     kind: (),
     #[serde(default)]
-    metadata: Option<WireMeta>,
+    metadata: Option<MapOnly<WireMeta>>,
     #[serde(default)]
-    spec: Option<WireSpec>,
+    spec: Option<MapOnly<WireSpec>>,
     #[serde(default)]
-    status: Option<WireStatus>,
+    status: Option<MapOnly<WireStatus>>,
 }
 
 fn expect_api_version<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
@@ -235,14 +235,14 @@ struct WireSpec {
     #[serde(default)]
     ip_family_policy: Option<String>,
     #[serde(default)]
-    ports: Option<Vec<WirePort>>,
+    ports: Option<Vec<MapOnly<WirePort>>>,
 }
 
 #[derive(Deserialize)]
 struct WirePort {
-    /// k8s-openapi defaults a missing port to 0; so do we.
+    /// k8s-openapi defaults a missing or null port to 0; so do we.
     #[serde(default)]
-    port: i32,
+    port: Option<i32>,
     #[serde(default)]
     protocol: Option<String>,
 }
@@ -251,13 +251,13 @@ struct WirePort {
 #[serde(rename_all = "camelCase")]
 struct WireStatus {
     #[serde(default)]
-    load_balancer: Option<WireLbStatus>,
+    load_balancer: Option<MapOnly<WireLbStatus>>,
 }
 
 #[derive(Deserialize)]
 struct WireLbStatus {
     #[serde(default)]
-    ingress: Option<Vec<WireIngress>>,
+    ingress: Option<Vec<MapOnly<WireIngress>>>,
 }
 
 #[derive(Deserialize)]
@@ -270,7 +270,7 @@ impl WireService {
     fn into_service(self) -> Service {
         let metadata = self
             .metadata
-            .map(|m| ObjectMeta {
+            .map(|MapOnly(m)| ObjectMeta {
                 name: m.name,
                 namespace: m.namespace,
                 generate_name: m.generate_name,
@@ -281,7 +281,7 @@ impl WireService {
                 ..ObjectMeta::default()
             })
             .unwrap_or_default();
-        let spec = self.spec.map(|s| ServiceSpec {
+        let spec = self.spec.map(|MapOnly(s)| ServiceSpec {
             type_: s.type_,
             load_balancer_class: s.load_balancer_class,
             load_balancer_ip: s.load_balancer_ip,
@@ -290,8 +290,8 @@ impl WireService {
             ports: s.ports.map(|ports| {
                 ports
                     .into_iter()
-                    .map(|p| ServicePort {
-                        port: p.port,
+                    .map(|MapOnly(p)| ServicePort {
+                        port: p.port.unwrap_or_default(),
                         protocol: p.protocol,
                         ..ServicePort::default()
                     })
@@ -299,11 +299,11 @@ impl WireService {
             }),
             ..ServiceSpec::default()
         });
-        let status = self.status.map(|st| ServiceStatus {
-            load_balancer: st.load_balancer.map(|lb| LoadBalancerStatus {
+        let status = self.status.map(|MapOnly(st)| ServiceStatus {
+            load_balancer: st.load_balancer.map(|MapOnly(lb)| LoadBalancerStatus {
                 ingress: lb.ingress.map(|list| {
                     list.into_iter()
-                        .map(|i| LoadBalancerIngress {
+                        .map(|MapOnly(i)| LoadBalancerIngress {
                             ip: i.ip,
                             ..LoadBalancerIngress::default()
                         })
@@ -327,7 +327,7 @@ pub struct LeanService(pub Service);
 
 impl<'de> Deserialize<'de> for LeanService {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        WireService::deserialize(d).map(|w| LeanService(w.into_service()))
+        MapOnly::<WireService>::deserialize(d).map(|w| LeanService(w.0.into_service()))
     }
 }
 
@@ -361,6 +361,31 @@ impl kube::Resource for LeanService {
 
     fn meta_mut(&mut self) -> &mut ObjectMeta {
         &mut self.0.metadata
+    }
+}
+
+/// A struct that must be written as a JSON object. serde's derived structs also read a JSON
+/// array, taking the fields by position; kube's and k8s-openapi's types refuse that, so the lean
+/// decode must too (found by fuzzing: `"status": [...]` was read as a status).
+struct MapOnly<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for MapOnly<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct MapVisitor<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for MapVisitor<T> {
+            type Value = MapOnly<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, access: A) -> Result<MapOnly<T>, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(access)).map(MapOnly)
+            }
+        }
+
+        d.deserialize_map(MapVisitor(PhantomData))
     }
 }
 

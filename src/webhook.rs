@@ -256,9 +256,11 @@ fn warning(text: &str) -> String {
     format!("{}...", &text[..cut])
 }
 
-/// Which metadata maps the object already has (JSON patch `add` into a missing map fails).
+/// Which parts the object already has (JSON patch `add` into a missing parent fails).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Present {
+    /// `metadata` itself: a review may send an object without it (never the apiserver).
+    pub metadata: bool,
     pub annotations: bool,
     pub labels: bool,
 }
@@ -266,16 +268,21 @@ pub struct Present {
 impl Present {
     pub fn of(svc: &Service) -> Present {
         Present {
+            // Absent and `{}` decode alike; adding `{}` over an empty map changes nothing.
+            metadata: svc.metadata != Default::default(),
             annotations: svc.metadata.annotations.is_some(),
             labels: svc.metadata.labels.is_some(),
         }
     }
 }
 
-/// JSON patch adding the changes; a missing annotations/labels map is created first.
+/// JSON patch adding the changes; a missing metadata, annotations or labels map is created first.
 /// Keys are escaped (`kube-vip.io/x` -> `kube-vip.io~1x`) by the pointer builder.
 pub fn patch_for(changes: &Changes, present: Present) -> Patch {
     let mut ops = Vec::new();
+    if !present.metadata && !(changes.annotations.is_empty() && changes.labels.is_empty()) {
+        ops.push(add(&["metadata"], Value::Object(Default::default())));
+    }
     for (field, map, exists) in [
         ("annotations", &changes.annotations, present.annotations),
         ("labels", &changes.labels, present.labels),

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Service;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
-use super::{Str, WireMeta, WireService, WireSpec, WireStatus};
+use super::{MapOnly, Str, WireMeta, WireService, WireSpec, WireStatus};
 
 /// A Service that failed to decode: its position among the file's objects (`List` items
 /// counted, the `List` itself not) and why.
@@ -162,9 +162,10 @@ fn is_service_kind(kind: &Value) -> bool {
 fn object<'de, A: MapAccess<'de>>(sink: &mut Sink<'_>, mut map: A) -> Result<(), A::Error> {
     let mut service: Option<bool> = None;
     let mut is_list = false;
-    let mut metadata: Option<WireMeta> = None;
-    let mut spec = Part::<WireSpec>::Absent;
-    let mut status = Part::<WireStatus>::Absent;
+    // Objects only, never arrays, exactly as the review and watch decodes read them.
+    let mut metadata: Option<MapOnly<WireMeta>> = None;
+    let mut spec = Part::<MapOnly<WireSpec>>::Absent;
+    let mut status = Part::<MapOnly<WireStatus>>::Absent;
     // This object's position, unless it turns out to be a list (whose items count instead).
     let index = sink.next_index;
     while let Some(Str(key)) = map.next_key::<Str>()? {
@@ -174,7 +175,7 @@ fn object<'de, A: MapAccess<'de>>(sink: &mut Sink<'_>, mut map: A) -> Result<(),
             "metadata" if service == Some(false) => {
                 map.next_value::<IgnoredAny>()?;
             }
-            "metadata" => match map.next_value::<Option<WireMeta>>() {
+            "metadata" => match map.next_value::<Option<MapOnly<WireMeta>>>() {
                 Ok(m) => metadata = m,
                 Err(e) => return Err(sink.fail(index, e)),
             },

@@ -151,6 +151,8 @@ fn rejected_alike() {
     assert_same(&review(json!({"apiVersion": "v2", "kind": "Service"})));
     assert_same(&review(json!({"spec": {"ports": [{"port": "eighty"}]}})));
     assert_same(&review(json!({"spec": {"ports": [{"protocol": "TCP"}]}})));
+    // k8s-openapi reads a null port as a missing one (found by the fuzzer).
+    assert_same(&review(json!({"spec": {"ports": [{"port": null}]}})));
     assert_same(&review(
         json!({"metadata": {"annotations": {"kube-vip.io/loadbalancerIPs": 5}}}),
     ));
@@ -166,6 +168,39 @@ fn rejected_alike() {
     assert_same(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}));
     assert_same(&json!({"kind": "AdmissionReview"}));
     assert_same(&json!([1, 2, 3]));
+}
+
+#[test]
+fn arrays_are_not_objects() {
+    // serde's derived structs also read a JSON array as their fields by position; k8s-openapi's
+    // types refuse it. Found by the fuzzer (tests/fuzz): `"status": [{"loadBalancer": {}}]` was
+    // accepted by the lean decode only.
+    for (field, value) in [
+        (
+            "status",
+            json!([{"loadBalancer": {"ingress": [{"ip": "10.0.0.8"}]}}]),
+        ),
+        ("status", json!({"loadBalancer": [[{"ip": "10.0.0.8"}]]})),
+        (
+            "status",
+            json!({"loadBalancer": {"ingress": [["10.0.0.8"]]}}),
+        ),
+        ("metadata", json!(["web", "shop"])),
+        ("spec", json!(["LoadBalancer"])),
+        (
+            "spec",
+            json!({"type": "LoadBalancer", "ports": [[80, "UDP"]]}),
+        ),
+    ] {
+        let mut object = realistic();
+        object[field] = value;
+        assert_same(&review(object));
+    }
+    assert_same(&review(json!(["v1", "Service"])));
+    let mut r = review(realistic());
+    r["request"] = json!(["705ab4f5", {"group": "", "version": "v1", "kind": "Service"}]);
+    assert_same(&r);
+    assert_same(&json!(["admission.k8s.io/v1", "AdmissionReview", null]));
 }
 
 fn opt<T: Strategy>(s: T) -> impl Strategy<Value = Option<T::Value>> {
