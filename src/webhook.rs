@@ -280,7 +280,8 @@ impl Present {
 /// Keys are escaped (`kube-vip.io/x` -> `kube-vip.io~1x`) by the pointer builder.
 pub fn patch_for(changes: &Changes, present: Present) -> Patch {
     let mut ops = Vec::new();
-    if !present.metadata && !(changes.annotations.is_empty() && changes.labels.is_empty()) {
+    let touches_metadata = !changes.annotations.is_empty() || !changes.labels.is_empty();
+    if touches_metadata && !present.metadata {
         ops.push(add(&["metadata"], Value::Object(Default::default())));
     }
     for (field, map, exists) in [
