@@ -56,13 +56,21 @@ async fn mutate(State(state): State<WebhookState>, headers: HeaderMap, body: Byt
     let started = Instant::now();
     let mut defer = None;
     if !state.leadership.may_allocate(started) {
+        let leads = state.leadership.is_elected() && state.leadership.is_leader(started);
         let why = if !state.leadership.synced() {
             "this replica's caches are not synced yet".to_string()
+        } else if leads {
+            "this replica just became the leader and waits for the previous one's answers to reach it"
+                .to_string()
         } else {
             "this replica is not the allocating leader".to_string()
         };
-        // A forwarded request is never forwarded again: whoever sent it thought we lead.
-        match (&state.forward, headers.contains_key(FORWARDED_HEADER)) {
+        // A forwarded request is never forwarded again: whoever sent it thought we lead. Nor is
+        // one sent to the leader itself while it waits out its takeover grace.
+        match (
+            &state.forward,
+            headers.contains_key(FORWARDED_HEADER) || leads,
+        ) {
             (Some(fw), false) => match fw.forward(body.clone()).await {
                 Ok(answer) => {
                     state
@@ -76,7 +84,12 @@ async fn mutate(State(state): State<WebhookState>, headers: HeaderMap, body: Byt
                         .into_response();
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot forward the admission to the leader; admitting without allocating");
+                    // During an election nobody is known for a moment: not worth a warning.
+                    if matches!(e, crate::forward::ForwardError::NoLeader) {
+                        tracing::debug!(error = %e, "cannot forward the admission; admitting without allocating");
+                    } else {
+                        tracing::warn!(error = %e, "cannot forward the admission to the leader; admitting without allocating");
+                    }
                     defer = Some(format!("{why} and could not reach the leader ({e})"));
                 }
             },

@@ -179,6 +179,8 @@ impl Context {
             watcher::Event::InitApply(svc) => lock(&self.listing).push(SvcInfo::from_service(svc)),
             watcher::Event::InitDone => {
                 let listed = std::mem::take(&mut *lock(&self.listing));
+                // A relist (after a watch could not resume) replaces the whole view.
+                tracing::info!(services = listed.len(), "Service cache listed");
                 self.allocator.reset_services(&listed);
                 synced.services_synced();
                 self.wake_waiting();

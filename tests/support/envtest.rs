@@ -176,10 +176,7 @@ fn start(assets: &Path) -> Result<ControlPlane, String> {
             &dir.join("tokens.csv").display().to_string(),
         ])
         .args(["--service-cluster-ip-range", "10.0.0.0/16"])
-        .args(["--advertise-address", "127.0.0.1"])
-        // Watches end after 4-8 s (instead of 30-60 min), so every test also runs through
-        // watch restarts resumed from bookmarks, as a long-running webhook does.
-        .args(["--min-request-timeout", "4"]);
+        .args(["--advertise-address", "127.0.0.1"]);
     extra_apiserver_flags(&mut api, &dir)?;
     let apiserver = spawn_logged(api, &dir, "kube-apiserver")?;
     // Record the pids for the watchdog (it started first, so nothing can leak past it).

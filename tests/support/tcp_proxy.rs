@@ -12,6 +12,8 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct Proxy {
     pub addr: SocketAddr,
     backends: Arc<Mutex<Vec<SocketAddr>>>,
+    /// Open connections, so a cut can end them all.
+    open: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -21,12 +23,13 @@ impl Proxy {
         let listener = TcpListener::bind(listen).await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let backends = Arc::new(Mutex::new(backends));
+        let open: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
         let next = Arc::new(AtomicUsize::new(0));
-        let list = backends.clone();
+        let (list, conns) = (backends.clone(), open.clone());
         let task = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
                 let (list, next) = (list.clone(), next.clone());
-                tokio::spawn(async move {
+                let conn = tokio::spawn(async move {
                     let candidates = list.lock().unwrap_or_else(|e| e.into_inner()).clone();
                     let start = next.fetch_add(1, Ordering::SeqCst);
                     for i in 0..candidates.len() {
@@ -42,12 +45,31 @@ impl Proxy {
                         }
                     }
                 });
+                conns
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(conn.abort_handle());
             }
         });
         Proxy {
             addr,
             backends,
+            open,
             task,
+        }
+    }
+
+    /// A network partition: every open connection ends, new ones are refused, until
+    /// [`set_backends`](Self::set_backends) gives somewhere to go again.
+    pub fn cut(&self) {
+        self.set_backends(Vec::new());
+        for c in self
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            c.abort();
         }
     }
 
