@@ -827,3 +827,51 @@ fn sharing_skips_every_clashing_holder_and_keeps_a_services_own_address() {
     // "one" now holds .3 on 80/TCP (OnAdmit): nothing shareable for port 80 any more.
     assert_eq!(ips(&admit(&a, &svc("n", "two", json!({})))), ["10.0.0.2"]);
 }
+
+#[test]
+fn update_keeping_its_address_but_adding_a_clashing_port_is_denied() {
+    let a = alloc(&[("range-global", "10.0.0.1-10.0.0.9")]);
+    let pinned = |ns: &str, name: &str, ports: Value| {
+        svc(
+            ns,
+            name,
+            json!({"metadata": {"annotations": {"kube-vip.io/loadbalancerIPs": "10.0.0.1"}},
+                   "spec": {"ports": ports}}),
+        )
+    };
+    a.apply_service(&pinned("o", "tls", json!([{"port": 443, "protocol": "TCP"}])));
+    let old = pinned("x", "web", json!([{"port": 80, "protocol": "TCP"}]));
+    a.apply_service(&old);
+    let upd = |new: &SvcInfo| {
+        a.admit(
+            Request {
+                id: "u",
+                svc: new,
+                old: Some(&old),
+                dry_run: true,
+            },
+            Instant::now(),
+        )
+    };
+    // Same address, a new port that another holder of the address already uses: denied,
+    // naming the other Service and the pair.
+    let clashing = pinned(
+        "x",
+        "web",
+        json!([{"port": 80, "protocol": "TCP"}, {"port": 443, "protocol": "TCP"}]),
+    );
+    match upd(&clashing).outcome {
+        Outcome::Denied(why) => {
+            assert!(why.contains("o/tls") && why.contains("TCP/443"), "{why}")
+        }
+        other => panic!("expected a denial, got {other:?}"),
+    }
+    // A new port nobody else uses on the address is fine; so is an unrelated edit.
+    let fine = pinned(
+        "x",
+        "web",
+        json!([{"port": 80, "protocol": "TCP"}, {"port": 443, "protocol": "UDP"}]),
+    );
+    assert!(matches!(upd(&fine).outcome, Outcome::Requested { .. }));
+    assert!(matches!(upd(&old).outcome, Outcome::Requested { .. }));
+}
