@@ -323,7 +323,7 @@ fn requested(
                 if view.me.contains(&holder.id) {
                     continue;
                 }
-                if let Some(pair) = port_clash(&ports, &holder.ports) {
+                if let Some(pair) = port_clash(&ports, holder.ports()) {
                     return Decision::new(Outcome::Denied(format!(
                         "{field}: address {ip} is already used by Service {} on {pair}; \
                          choose another address or other ports",
@@ -542,7 +542,7 @@ fn shareable(svc: &SvcInfo, set: &AddressSet, view: &View<'_>) -> Option<IpAddr>
             view.index
                 .holders(*ip)
                 .iter()
-                .all(|h| view.me.contains(&h.id) || port_clash(&svc.ports, &h.ports).is_none())
+                .all(|h| view.me.contains(&h.id) || port_clash(&svc.ports, h.ports()).is_none())
         });
     general.into_iter().chain(mine).reduce(|a, b| {
         let b_first = match order {

@@ -875,3 +875,15 @@ fn update_keeping_its_address_but_adding_a_clashing_port_is_denied() {
     assert!(matches!(upd(&fine).outcome, Outcome::Requested { .. }));
     assert!(matches!(upd(&old).outcome, Outcome::Requested { .. }));
 }
+
+#[test]
+fn a_huge_reservation_ttl_is_clamped_instead_of_overflowing() {
+    let a = alloc_with(
+        &[("range-global", "10.0.0.1-10.0.0.2")],
+        Options::default(),
+        Confirm::ByCache { ttl: Duration::MAX },
+    );
+    let d = admit(&a, &svc("x", "a", json!({})));
+    assert_eq!(ips(&d), ["10.0.0.1"]);
+    assert_eq!(a.reservations(), 1);
+}
