@@ -17,6 +17,7 @@ pub mod index;
 pub mod ipam;
 pub mod metrics;
 pub mod plan;
+pub mod private_files;
 pub mod serve;
 pub mod server;
 pub mod service;

@@ -51,14 +51,62 @@ pub struct ServeArgs {
     /// With --standalone: existing Services (their addresses count as used). Repeatable.
     #[arg(long, requires = "standalone")]
     pub services: Vec<PathBuf>,
-    /// With --standalone and no TLS files: where the generated certificate goes
-    /// (default: a new directory under the system temp dir).
+    /// With --standalone and no TLS files: where the generated certificate goes (created 0700
+    /// if missing; refused if a symlink or writable by others). Default: a new private
+    /// directory under the system temp dir.
     #[arg(long, requires = "standalone")]
     pub cert_dir: Option<PathBuf>,
+    /// Require a client certificate signed by this CA (PEM) on the webhook port: only the
+    /// apiserver, given a client certificate through its AdmissionConfiguration, can call it.
+    /// Reloaded when the file changes.
+    #[arg(long, env = "KUBEVIP_WEBHOOK_CLIENT_CA_FILE")]
+    pub client_ca_file: Option<PathBuf>,
+    /// With --client-ca-file: the client certificate's Common Name (or a DNS SAN) must be one
+    /// of these (comma-separated). Default: any certificate from the CA.
+    #[arg(
+        long,
+        env = "KUBEVIP_WEBHOOK_CLIENT_ALLOWED_NAMES",
+        requires = "client_ca_file",
+        value_delimiter = ','
+    )]
+    pub client_allowed_names: Vec<String>,
+    /// Most addresses held at once for admissions whose Service has not shown up yet, over all
+    /// namespaces (standalone: Services admitted). At the limit, new Services are admitted
+    /// without an address (the reconciler assigns one) and new requested addresses are denied.
+    #[arg(long, env = "KUBEVIP_WEBHOOK_MAX_RESERVATIONS",
+          default_value_t = crate::state::DEFAULT_MAX_RESERVATIONS as u32,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_reservations: u32,
+    /// The same per namespace, so that one namespace cannot take them all.
+    #[arg(long, env = "KUBEVIP_WEBHOOK_MAX_RESERVATIONS_PER_NAMESPACE",
+          default_value_t = crate::state::DEFAULT_MAX_RESERVATIONS_PER_NAMESPACE as u32,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_reservations_per_namespace: u32,
     #[command(flatten)]
     pub allocation: AllocationArgs,
     #[command(flatten)]
     pub cluster: crate::cluster::ClusterArgs,
+}
+
+impl ServeArgs {
+    /// The allocator's quotas on reviews, from the flags.
+    pub fn quotas(&self) -> crate::state::Quotas {
+        crate::state::Quotas {
+            reservations: self.max_reservations as usize,
+            per_namespace: self.max_reservations_per_namespace as usize,
+            ..crate::state::Quotas::default()
+        }
+    }
+
+    /// Client certificate requirement, from the flags.
+    pub fn client_auth(&self) -> Option<crate::tls::ClientAuth> {
+        self.client_ca_file
+            .as_ref()
+            .map(|ca_file| crate::tls::ClientAuth {
+                ca_file: ca_file.clone(),
+                allowed_names: self.client_allowed_names.clone(),
+            })
+    }
 }
 
 /// A started server: where it listens, and how to stop it.
@@ -130,20 +178,21 @@ pub async fn start_standalone(
         tracing::warn!(configmap = %configmap.display(), "config error: {e}");
     }
     let options = args.allocation.options(Family::V4);
-    let allocator = Arc::new(Allocator::new(
-        options,
-        Confirm::OnAdmit,
-        configmap.display().to_string(),
-    ));
+    let allocator = Arc::new(
+        Allocator::new(options, Confirm::OnAdmit, configmap.display().to_string())
+            .with_quotas(args.quotas()),
+    );
     allocator.set_config(Some(config));
     allocator.reset_services(&files::load_svc_infos(&args.services)?);
 
     let (tls, cert_dir) = match (&args.tls_cert_file, &args.tls_key_file) {
         (Some(cert), Some(key)) => (crate::tls::reloading_server_config(cert, key)?, None),
         _ => {
-            let dir = args.cert_dir.clone().unwrap_or_else(|| {
-                std::env::temp_dir().join(format!("kube-vip-webhook-{}", std::process::id()))
-            });
+            // The key goes into a directory only we can use, never through a planted link.
+            let dir = match &args.cert_dir {
+                Some(dir) => crate::private_files::private_dir(dir)?,
+                None => crate::private_files::fresh_dir(&std::env::temp_dir(), "kube-vip-webhook")?,
+            };
             let tls = self_signed_into(&dir)?;
             (tls, Some(dir))
         }
@@ -179,6 +228,11 @@ pub fn start_servers(
     cert_dir: Option<PathBuf>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
+    // Read the client CA before binding: a bad file fails the start, not the first handshake.
+    let tls = match args.client_auth() {
+        Some(auth) => crate::tls::require_client_certs(&tls, &auth)?,
+        None => tls,
+    };
     let webhook_listener = bind(args.listen)?;
     let admin_listener = bind(args.admin_listen)?;
     let webhook_addr = webhook_listener.local_addr()?;
@@ -242,7 +296,8 @@ fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     Ok(listener)
 }
 
-/// Generate a CA and a serving certificate for localhost into `dir`.
+/// Generate a CA and a serving certificate for localhost into `dir` (private: see
+/// [`crate::private_files`]); the key is readable by this user only.
 fn self_signed_into(dir: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let names = [
         "localhost".to_string(),
@@ -250,14 +305,12 @@ fn self_signed_into(dir: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
         "::1".to_string(),
     ];
     let generated = crate::tls::generate_self_signed(&names, Duration::from_secs(365 * 24 * 3600))?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    for (file, pem) in [
-        ("ca.crt", &generated.ca_cert_pem),
-        ("tls.crt", &generated.cert_pem),
-        ("tls.key", &generated.key_pem),
+    for (file, pem, mode) in [
+        ("ca.crt", &generated.ca_cert_pem, 0o644),
+        ("tls.crt", &generated.cert_pem, 0o644),
+        ("tls.key", &generated.key_pem, 0o600),
     ] {
-        let path = dir.join(file);
-        std::fs::write(&path, pem).with_context(|| format!("cannot write {}", path.display()))?;
+        crate::private_files::write_file(dir, file, pem.as_bytes(), mode)?;
     }
     Ok(crate::tls::server_config_from_pem(
         &generated.cert_pem,

@@ -8,6 +8,7 @@
 //! Reviews come from whoever can reach the webhook port, so what they make the allocator hold is
 //! bounded ([`Quotas`]); our own reconciler (Services that exist) is not.
 
+mod prepare;
 mod quota;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -22,11 +23,12 @@ use crate::ipam::Family;
 use crate::metrics::{PoolStat, StatsSource};
 use crate::service::{ServiceKey, SvcInfo};
 
+use prepare::{Prepared, at_quota, prepare};
+use quota::Usage;
 pub use quota::{
     DEFAULT_MAX_RESERVATIONS, DEFAULT_MAX_RESERVATIONS_PER_NAMESPACE, MAX_HELD_FROM_REVIEW,
     MAX_RESERVATION_TTL, MAX_RESERVED_PORT_ENTRIES, MIN_RESERVATION_TTL, Quotas,
 };
-use quota::Usage;
 
 /// How admitted addresses become permanent holders.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,7 +178,7 @@ impl Allocator {
             HolderId::Service(key.clone()),
             HolderId::Reservation(id.clone()),
         ];
-        let prepared = (!req.dry_run).then(|| self.prepare(&req, &id, now));
+        let prepared = (!req.dry_run).then(|| prepare(self.confirm, &req, &id, now));
 
         let mut inner = self.lock();
         inner.expire(now);
@@ -237,7 +239,9 @@ impl Allocator {
             } => {
                 let entries = holder.ports().len().max(1) * holder_ips.len();
                 if caller == Caller::Review {
-                    if let Err(why) = inner.usage.admits(&self.quotas, &req.svc.namespace, entries)
+                    if let Err(why) = inner
+                        .usage
+                        .admits(&self.quotas, &req.svc.namespace, entries)
                     {
                         if inner.already_holds(&HolderId::Service(key), &holder_ips) {
                             // An UPDATE keeping the addresses the Service already holds: the
@@ -255,49 +259,6 @@ impl Allocator {
             }
         }
         decision
-    }
-
-    /// What the locked section of an admission stores, built before taking the lock.
-    fn prepare(&self, req: &Request<'_>, id: &Arc<str>, now: Instant) -> Prepared {
-        match self.confirm {
-            Confirm::OnAdmit => {
-                let mut svc = req.svc.clone();
-                if svc.name.is_empty() {
-                    // generateName in standalone mode: the apiserver would pick the suffix.
-                    svc.name = format!("{}{}", svc.generate_name.as_deref().unwrap_or(""), req.id);
-                }
-                let key = svc.key();
-                let holder =
-                    Holder::new(HolderId::Service(key.clone()), svc.display_name(), &svc.ports);
-                let mut held = svc.held().ips;
-                if held.len() > MAX_HELD_FROM_REVIEW {
-                    // No Service holds that many; not worth remembering from a review.
-                    held.clear();
-                }
-                Prepared::Admitted { key, holder, held }
-            }
-            Confirm::ByCache { ttl } => {
-                // Clamped in `new`; never overflows.
-                let expires = now.checked_add(ttl).unwrap_or(now);
-                let holder = Holder::new(
-                    HolderId::Reservation(id.clone()),
-                    format!("{} (being admitted)", req.svc.display_name()),
-                    &req.svc.ports,
-                );
-                let reservation = Reservation {
-                    namespace: req.svc.namespace.clone(),
-                    name: req.svc.name.clone(),
-                    generate_name: req.svc.generate_name.clone(),
-                    expires,
-                    counted: None,
-                };
-                Prepared::Reserved {
-                    holder,
-                    reservation,
-                    expires,
-                }
-            }
-        }
     }
 
     /// A Service as the cache (or a Services file) shows it now. True when an address it held
@@ -485,8 +446,7 @@ impl Inner {
     /// End a reservation: its addresses and what it counted against the quotas are released.
     fn drop_reservation(&mut self, id: &Arc<str>) {
         if let Some(r) = self.reservations.remove(id) {
-            self.index
-                .remove_holder(&HolderId::Reservation(id.clone()));
+            self.index.remove_holder(&HolderId::Reservation(id.clone()));
             if let Some(entries) = r.counted {
                 self.usage.remove(&r.namespace, entries);
             }
@@ -522,41 +482,6 @@ impl Inner {
                 Some((holder, ips))
             })
             .collect()
-    }
-}
-
-/// What an admission stores, built outside the lock.
-enum Prepared {
-    /// Standalone: the Service itself becomes a holder (`key`: its name, generated when the
-    /// review has only `generateName`; `held`: what the object holds).
-    Admitted {
-        key: ServiceKey,
-        holder: Holder,
-        held: Vec<IpAddr>,
-    },
-    /// Cluster mode: a reservation until the Service shows up in the cache.
-    Reserved {
-        holder: Holder,
-        reservation: Reservation,
-        expires: Instant,
-    },
-}
-
-/// The decision, turned into what the caller gets when nothing may be held: an allocation is
-/// admitted without an address, a requested address is denied.
-fn at_quota(decision: Decision, why: &str) -> Decision {
-    let outcome = match decision.outcome {
-        Outcome::Requested { .. } => Outcome::Denied(format!(
-            "cannot hold the requested address for this admission: {why}; retry in a few seconds"
-        )),
-        _ => Outcome::NoAddress(format!(
-            "{why}; the reconciler assigns an address once the Service exists"
-        )),
-    };
-    Decision {
-        outcome,
-        changes: Changes::default(),
-        warnings: decision.warnings,
     }
 }
 

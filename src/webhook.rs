@@ -14,12 +14,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use futures::StreamExt as _;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use jsonptr::PointerBuf;
 use k8s_openapi::api::core::v1::Service;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use futures::StreamExt as _;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
@@ -114,18 +114,18 @@ async fn bounded(shared: &Shared, headers: &HeaderMap, body: Body) -> Response {
         None => BODY_LIMIT,
     };
     // Fits in u32: BODY_LIMIT is 4 MiB.
-    let Ok(_permit) = shared
-        .budget
-        .acquire_many(expected.max(1) as u32)
-        .await
-    else {
+    let Ok(_permit) = shared.budget.acquire_many(expected.max(1) as u32).await else {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     };
     let body = match tokio::time::timeout(BODY_READ_TIMEOUT, read_body(body, expected)).await {
         Ok(Ok(body)) => body,
         Ok(Err(ReadError::TooLarge)) => return too_large(),
         Ok(Err(ReadError::Broken(e))) => {
-            return (StatusCode::BAD_REQUEST, format!("cannot read the body: {e}")).into_response();
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {e}"),
+            )
+                .into_response();
         }
         Err(_) => {
             return (

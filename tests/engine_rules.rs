@@ -839,7 +839,11 @@ fn update_keeping_its_address_but_adding_a_clashing_port_is_denied() {
                    "spec": {"ports": ports}}),
         )
     };
-    a.apply_service(&pinned("o", "tls", json!([{"port": 443, "protocol": "TCP"}])));
+    a.apply_service(&pinned(
+        "o",
+        "tls",
+        json!([{"port": 443, "protocol": "TCP"}]),
+    ));
     let old = pinned("x", "web", json!([{"port": 80, "protocol": "TCP"}]));
     a.apply_service(&old);
     let upd = |new: &SvcInfo| {

@@ -39,11 +39,13 @@ pub struct ClusterArgs {
     /// Name of the pool ConfigMap.
     #[arg(long, env = "KUBEVIP_CONFIG_MAP", default_value = "kubevip")]
     pub kubevip_config_map: String,
-    /// How long an admitted address is held for a Service that has not shown up yet.
+    /// How long an admitted address is held for a Service that has not shown up yet (1-3600:
+    /// see `state::MIN_RESERVATION_TTL`, `state::MAX_RESERVATION_TTL`).
     #[arg(
         long,
         env = "KUBEVIP_WEBHOOK_RESERVATION_TTL_SECONDS",
-        default_value_t = 30
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
     )]
     pub reservation_ttl_seconds: u64,
     /// Run the reconciler only while holding the Lease (for more than one replica).
@@ -126,11 +128,10 @@ pub async fn start_with_client(
     };
     let options = args.allocation.options(primary);
     let ttl = Duration::from_secs(cluster.reservation_ttl_seconds.max(1));
-    let allocator = Arc::new(Allocator::new(
-        options,
-        Confirm::ByCache { ttl },
-        cluster.config_name(),
-    ));
+    let allocator = Arc::new(
+        Allocator::new(options, Confirm::ByCache { ttl }, cluster.config_name())
+            .with_quotas(args.quotas()),
+    );
 
     let (tls, ca_pem) = match (&args.tls_cert_file, &args.tls_key_file, cluster.self_signed) {
         (Some(cert), Some(key), _) => {

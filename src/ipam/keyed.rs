@@ -308,7 +308,6 @@ impl<K: Hash + Eq + Clone> KeyedRuns<K> {
     }
 }
 
-
 fn first_up(
     used: &UsedAddrs,
     family: Family,
