@@ -730,7 +730,11 @@ fn mebibytes(q: &str) -> Option<u64> {
 // Checks. Each returns its problems.
 
 /// One NetworkPolicy selecting the webhook pods, isolating ingress, allowing only the https port.
-fn check_network_policy(r: &Route, c: &Container, labels: &BTreeMap<String, String>) -> Vec<String> {
+fn check_network_policy(
+    r: &Route,
+    c: &Container,
+    labels: &BTreeMap<String, String>,
+) -> Vec<String> {
     let mut p = Vec::new();
     let Some(np) = only("NetworkPolicy", r.network_policies(), &mut p) else {
         return p;
@@ -745,12 +749,7 @@ fn check_network_policy(r: &Route, c: &Container, labels: &BTreeMap<String, Stri
     if !selects(spec.pod_selector.as_ref(), labels) {
         p.push("NetworkPolicy does not select the webhook pods".into());
     }
-    if !spec
-        .policy_types
-        .iter()
-        .flatten()
-        .any(|t| t == "Ingress")
-    {
+    if !spec.policy_types.iter().flatten().any(|t| t == "Ingress") {
         p.push("NetworkPolicy does not isolate ingress (policyTypes lacks Ingress)".into());
     }
     let https = container_port(c, "https");
@@ -1937,14 +1936,24 @@ fn checks_catch_broken_manifests() {
             .unwrap()
             .push(serde_json::json!({"name": "admin", "port": 8080, "targetPort": "admin"}))
     });
-    expect("admin on Service", &r, check_route(&r), "exposes the admin port");
+    expect(
+        "admin on Service",
+        &r,
+        check_route(&r),
+        "exposes the admin port",
+    );
     let r = broken(&cm, "NetworkPolicy", NAME, |v| {
         v["spec"]["ingress"][0]["ports"]
             .as_array_mut()
             .unwrap()
             .push(serde_json::json!({"port": 8080}))
     });
-    expect("admin in policy", &r, check_route(&r), "only the https port");
+    expect(
+        "admin in policy",
+        &r,
+        check_route(&r),
+        "only the https port",
+    );
     let r = broken(&cm, "NetworkPolicy", NAME, |v| {
         v["spec"]["ingress"][0]
             .as_object_mut()
