@@ -39,6 +39,11 @@ pub fn require_client_certs(
         .with_client_cert_verifier(Arc::new(verifier))
         .with_cert_resolver(config.cert_resolver.clone());
     out.alpn_protocols = config.alpn_protocols.clone();
+    // No session resumption: a resumed session skips the client certificate check, so a
+    // certificate from a CA rotated out would keep working. The apiserver keeps its connections
+    // alive, full handshakes are rare.
+    out.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    out.send_tls13_tickets = 0;
     Ok(Arc::new(out))
 }
 
