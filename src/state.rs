@@ -26,8 +26,9 @@ use crate::service::{ServiceKey, SvcInfo};
 use prepare::{Prepared, at_quota, prepare};
 use quota::Usage;
 pub use quota::{
-    DEFAULT_MAX_RESERVATIONS, DEFAULT_MAX_RESERVATIONS_PER_NAMESPACE, MAX_HELD_FROM_REVIEW,
-    MAX_RESERVATION_TTL, MAX_RESERVED_PORT_ENTRIES, MIN_RESERVATION_TTL, Quotas,
+    DEFAULT_MAX_RESERVATIONS, DEFAULT_MAX_RESERVATIONS_PER_NAMESPACE, FREE_PORT_ENTRIES,
+    MAX_HELD_FROM_REVIEW, MAX_RESERVATION_TTL, MAX_RESERVED_PORT_ENTRIES, MIN_RESERVATION_TTL,
+    Quotas,
 };
 
 /// How admitted addresses become permanent holders.
@@ -46,8 +47,8 @@ struct Reservation {
     name: String,
     generate_name: Option<String>,
     expires: Instant,
-    /// (port, protocol) pairs x addresses it holds in the index, when it counts against the
-    /// quotas (made for a review); `None` for the reconciler's own.
+    /// What it is charged against the port budget (see `quota::charged`) when it counts against
+    /// the quotas (made for a review); `None` for the reconciler's own.
     counted: Option<usize>,
 }
 
@@ -237,7 +238,7 @@ impl Allocator {
                 mut reservation,
                 expires,
             } => {
-                let entries = holder.ports().len().max(1) * holder_ips.len();
+                let entries = quota::charged(holder.ports().len(), holder_ips.len());
                 if caller == Caller::Review {
                     if let Err(why) = inner
                         .usage

@@ -559,3 +559,63 @@ fn out_of_range_limits_are_refused_by_the_command_line() {
         "needs --client-ca-file"
     );
 }
+
+#[test]
+fn reservations_with_huge_port_lists_cannot_starve_ordinary_ones() {
+    use kube_vip_webhook::engine::{Options, Outcome};
+    use kube_vip_webhook::service::{PortKey, Protocol, SvcInfo};
+    use kube_vip_webhook::state::{Allocator, Confirm, Request};
+    let a = Allocator::new(
+        Options::default(),
+        Confirm::ByCache {
+            ttl: Duration::from_secs(30),
+        },
+        "kube-system/kubevip",
+    );
+    a.set_config(Some(kube_vip_webhook::config::Config::from_data(
+        &[("cidr-global".to_string(), "10.0.0.0/16".to_string())].into(),
+    )));
+    let svc = |ns: &str, name: &str, ports: usize| SvcInfo {
+        namespace: ns.into(),
+        name: name.into(),
+        load_balancer: true,
+        ports: (1..=ports as i32)
+            .map(|port| PortKey {
+                port,
+                protocol: Protocol::Tcp,
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let admit = |s: &SvcInfo, id: &str| {
+        a.admit_review(
+            Request {
+                id,
+                svc: s,
+                old: None,
+                dry_run: false,
+            },
+            std::time::Instant::now(),
+        )
+    };
+    // Huge port lists, each in its own namespace, until the port budget refuses one.
+    let mut refused = None;
+    for i in 0..20 {
+        let d = admit(&svc(&format!("big{i}"), "s", MAX_PORTS), &format!("big{i}"));
+        if let Outcome::NoAddress(why) = d.outcome {
+            refused = Some(why);
+            break;
+        }
+    }
+    let why = refused.expect("the port budget never refused");
+    assert!(why.contains("(port, protocol) pairs"), "{why}");
+    // Ordinary Services still get addresses.
+    for i in 0..10 {
+        let d = admit(&svc(&format!("team{i}"), "web", 4), &format!("small{i}"));
+        assert!(
+            matches!(d.outcome, Outcome::Allocated { .. }),
+            "{:?}",
+            d.outcome
+        );
+    }
+}

@@ -16,11 +16,15 @@ use std::time::Duration;
 pub const DEFAULT_MAX_RESERVATIONS: usize = 4096;
 /// Default cap per namespace, so that one namespace cannot take the whole cluster-wide cap.
 pub const DEFAULT_MAX_RESERVATIONS_PER_NAMESPACE: usize = 256;
-/// Cap on (port, protocol) pairs x addresses held by reservations for reviews: the index keeps
-/// an entry per pair and address (about 100 bytes), so this bounds reservations' index memory
-/// to ~13 MiB whatever the ports per Service. Three maximal dual-stack Services fit
-/// (`service::MAX_PORTS` pairs on two addresses each); ordinary ones (a few ports) never get
-/// near it before the reservation cap.
+/// (port, protocol) pairs x addresses a reservation holds without charge: ordinary Services
+/// (up to 64 ports, dual-stack) never touch [`MAX_RESERVED_PORT_ENTRIES`], so a flood of
+/// Services with huge port lists cannot starve them. Bounded by the reservation cap.
+pub const FREE_PORT_ENTRIES: usize = 128;
+/// Cap on the (port, protocol) pairs x addresses that reservations for reviews hold beyond
+/// [`FREE_PORT_ENTRIES`] each. The index keeps an entry per pair and address (~50-100 bytes),
+/// so reservations' index memory stays under ~60 MiB in all (this plus the free allowance of
+/// every reservation under the cap) whatever the ports per Service. Three maximal dual-stack
+/// Services fit (`service::MAX_PORTS` pairs on two addresses each).
 pub const MAX_RESERVED_PORT_ENTRIES: usize = 131_072;
 /// Shortest reservation TTL: a reservation must outlive the apiserver's write and the watch
 /// event that confirms it.
@@ -61,6 +65,12 @@ impl Quotas {
     }
 }
 
+/// What a reservation holding `pairs` (port, protocol) pairs on `addresses` addresses is
+/// charged against the port budget: what it holds beyond [`FREE_PORT_ENTRIES`].
+pub(super) fn charged(pairs: usize, addresses: usize) -> usize {
+    (pairs.max(1) * addresses).saturating_sub(FREE_PORT_ENTRIES)
+}
+
 /// What counted reservations hold now.
 #[derive(Debug, Default)]
 pub(super) struct Usage {
@@ -71,6 +81,7 @@ pub(super) struct Usage {
 
 impl Usage {
     /// Ok when one more reservation in `namespace` holding `entries` fits; else why not.
+    /// `entries` is what it is charged ([`charged`]).
     pub(super) fn admits(&self, q: &Quotas, namespace: &str, entries: usize) -> Result<(), String> {
         let in_ns = self.per_namespace.get(namespace).copied().unwrap_or(0);
         if in_ns >= q.per_namespace {
@@ -87,10 +98,10 @@ impl Usage {
                 self.total, q.reservations
             ));
         }
-        if self.port_entries + entries > q.port_entries {
+        if entries > 0 && self.port_entries + entries > q.port_entries {
             return Err(format!(
-                "admissions in flight already hold {} (port, protocol) pairs x addresses and this \
-                 one needs {entries} (limit {})",
+                "admissions in flight already hold {} (port, protocol) pairs x addresses beyond \
+                 {FREE_PORT_ENTRIES} each, and this one needs {entries} more (limit {})",
                 self.port_entries, q.port_entries
             ));
         }
