@@ -163,7 +163,7 @@ impl ReloadingVerifier {
             .unwrap_or_default();
         let allowed = common_names
             .chain(dns_names)
-            .any(|n| self.auth.allowed_names.iter().any(|a| *a == n));
+            .any(|n| self.auth.allowed_names.contains(&n));
         if !allowed {
             tracing::debug!("client certificate name is not among the allowed names");
         }
