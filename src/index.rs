@@ -11,6 +11,13 @@ use std::sync::Arc;
 use crate::ipam::{AddressSet, KeyedRuns, SearchOrder, UsedAddrs};
 use crate::service::{PortKey, ServiceKey, SvcInfo, normalized_ports};
 
+/// Holders with more (port, protocol) pairs than this are filed in the sharing index under
+/// `AllPorts`, as if they had none: automatic sharing (`allow-share`) never picks their
+/// addresses. Indexing each pair costs an entry per pair and address under the allocator lock
+/// (a Service with `service::MAX_PORTS` pairs held it ~50 ms); real Services have a handful.
+/// Requested addresses are still checked against their exact pairs.
+pub const MAX_INDEXED_PORTS: usize = 128;
+
 /// What a holder occupies on its addresses, for sharing: its (port, protocol) pairs, or every
 /// port when it has none (without ports nothing can be proven not to clash).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -39,10 +46,21 @@ impl Holder {
         &self.ports
     }
 
-    /// In ascending order (`AllPorts` sorts after every port).
+    /// True when the sharing index files this holder under `AllPorts` only (see
+    /// [`MAX_INDEXED_PORTS`]).
+    fn indexed_as_all_ports(&self) -> bool {
+        self.ports.is_empty() || self.ports.len() > MAX_INDEXED_PORTS
+    }
+
+    /// The keys the sharing index files this holder under, in ascending order (`AllPorts`
+    /// sorts after every port).
     fn clash_keys(&self) -> impl Iterator<Item = ClashKey> + '_ {
-        let all = self.ports.is_empty().then_some(ClashKey::AllPorts);
-        self.ports.iter().map(|p| ClashKey::Port(*p)).chain(all)
+        let (ports, all): (&[PortKey], _) = if self.indexed_as_all_ports() {
+            (&[], Some(ClashKey::AllPorts))
+        } else {
+            (&self.ports, None)
+        };
+        ports.iter().map(|p| ClashKey::Port(*p)).chain(all)
     }
 }
 
@@ -228,8 +246,9 @@ impl UsedIndex {
         let blocking = |ip: IpAddr| -> Vec<ClashKey> {
             let mut out: Vec<ClashKey> = Vec::new();
             for h in self.holders(ip) {
-                if h.ports.is_empty() {
+                if h.indexed_as_all_ports() {
                     out.push(ClashKey::AllPorts);
+                    continue;
                 }
                 let (short, long) = if h.ports.len() <= ports.len() {
                     (&h.ports[..], ports)
@@ -337,9 +356,9 @@ mod tests {
         ports: &[PortKey],
     ) -> Option<IpAddr> {
         idx.addrs().iter_in(pool, order).find(|ip| {
-            idx.holders(*ip)
-                .iter()
-                .all(|h| crate::service::port_clash(ports, &h.ports).is_none())
+            idx.holders(*ip).iter().all(|h| {
+                !h.indexed_as_all_ports() && crate::service::port_clash(ports, &h.ports).is_none()
+            })
         })
     }
 
@@ -416,6 +435,35 @@ mod tests {
             idx.first_shareable(&pool, SearchOrder::Ascending, &[]),
             None
         );
+    }
+
+    #[test]
+    fn holders_with_huge_port_lists_are_never_shared_automatically() {
+        let pool = AddressSet::from_ranges(
+            crate::ipam::Family::V4,
+            &[(ip("10.0.0.0"), ip("10.0.0.255"))],
+        );
+        let udp =
+            |n: usize| -> Vec<PortKey> { (1..=n as i32).map(|p| port(p, Protocol::Udp)).collect() };
+        let mut idx = UsedIndex::new();
+        let mut ordinary = lb("ns", "ordinary", "10.0.0.2");
+        ordinary.ports = udp(MAX_INDEXED_PORTS);
+        idx.apply_service(&ordinary);
+        let mut huge = lb("ns", "huge", "10.0.0.1");
+        huge.ports = udp(MAX_INDEXED_PORTS + 1);
+        idx.apply_service(&huge);
+        check(&idx);
+        // No pair in common with either; only the ordinary holder's address is offered.
+        let web = [port(80, Protocol::Tcp)];
+        assert_eq!(
+            idx.first_shareable(&pool, SearchOrder::Ascending, &web),
+            Some(ip("10.0.0.2"))
+        );
+        // The huge holder costs the index one key, not one per pair.
+        assert_eq!(idx.clash.key_count(), MAX_INDEXED_PORTS + 1);
+        idx.remove_service(&ServiceKey::new("ns", "huge"));
+        idx.remove_service(&ServiceKey::new("ns", "ordinary"));
+        assert_eq!(idx.clash.key_count(), 0);
     }
 
     mod model {

@@ -18,13 +18,15 @@ pub const DEFAULT_MAX_RESERVATIONS: usize = 4096;
 pub const DEFAULT_MAX_RESERVATIONS_PER_NAMESPACE: usize = 256;
 /// (port, protocol) pairs x addresses a reservation holds without charge: ordinary Services
 /// (up to 64 ports, dual-stack) never touch [`MAX_RESERVED_PORT_ENTRIES`], so a flood of
-/// Services with huge port lists cannot starve them. Bounded by the reservation cap.
+/// Services with huge port lists cannot starve them. What they cost is bounded by the
+/// reservation cap: at most 128 sharing-index entries each (~60 MiB for 4096 reservations at
+/// worst, ~100 bytes per entry), since holders with more pairs are indexed as one key
+/// (`index::MAX_INDEXED_PORTS`).
 pub const FREE_PORT_ENTRIES: usize = 128;
 /// Cap on the (port, protocol) pairs x addresses that reservations for reviews hold beyond
-/// [`FREE_PORT_ENTRIES`] each. The index keeps an entry per pair and address (~50-100 bytes),
-/// so reservations' index memory stays under ~60 MiB in all (this plus the free allowance of
-/// every reservation under the cap) whatever the ports per Service. Three maximal dual-stack
-/// Services fit (`service::MAX_PORTS` pairs on two addresses each).
+/// [`FREE_PORT_ENTRIES`] each: their port lists (8 bytes a pair) and the exact clash checks
+/// against them (a requested address is compared with every holder's pairs). Three maximal
+/// dual-stack Services fit (`service::MAX_PORTS` pairs on two addresses each).
 pub const MAX_RESERVED_PORT_ENTRIES: usize = 131_072;
 /// Shortest reservation TTL: a reservation must outlive the apiserver's write and the watch
 /// event that confirms it.
