@@ -3,6 +3,7 @@
 //! Pure and synchronous. The webhook, the reconciler and `plan` all call [`decide`]; the caller
 //! owns locking and reservations (see `state`).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -11,10 +12,18 @@ use crate::index::{HolderId, UsedIndex};
 use crate::ipam::{self, AddressSet, Family};
 use crate::service::{
     FamilyPolicy, IMPLEMENTATION_LABEL, IMPLEMENTATION_VALUE, INTERFACE_ANNOTATION,
-    LB_IPS_ANNOTATION, RequestSource, SvcInfo, port_clash,
+    LB_IPS_ANNOTATION, PortKey, RequestSource, SvcInfo, normalized_ports, port_clash,
 };
 
+mod bounds;
+
+pub use bounds::{MAX_REQUESTED_ENTRIES, MAX_REQUESTED_LEN, check_bounds};
+use bounds::{entries, field_name, quoted};
+
 pub const DEFAULT_CLASS: &str = "kube-vip.io/kube-vip-class";
+
+/// Sharers named in a warning; the rest are counted.
+const NAMED_SHARERS: usize = 3;
 
 /// Which Services are ours (SPEC 3).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -145,6 +154,9 @@ pub struct View<'a> {
 
 /// Decide what `svc` gets. `old` is the previous object on UPDATE.
 pub fn decide(svc: &SvcInfo, old: Option<&SvcInfo>, view: &View<'_>) -> Decision {
+    if let Some(why) = check_bounds(svc, view.options) {
+        return Decision::new(Outcome::Denied(why));
+    }
     if !view.options.handles(svc) {
         let why = if !svc.load_balancer {
             "not a LoadBalancer Service".to_string()
@@ -163,65 +175,88 @@ pub fn decide(svc: &SvcInfo, old: Option<&SvcInfo>, view: &View<'_>) -> Decision
     }
     match svc.requested() {
         Some(req) => {
-            let unchanged = old.is_some_and(|o| {
+            let kept = old.filter(|o| {
                 view.options.handles(o) && o.requested().map(|r| r.value) == Some(req.value)
             });
-            requested(svc, req.value, req.source, unchanged, view)
+            requested(svc, req.value, req.source, kept, view)
         }
         None => allocate(svc, view),
     }
 }
 
+/// `kept`: the previous object on an UPDATE that keeps the requested value unchanged.
 fn requested(
     svc: &SvcInfo,
     value: &str,
     source: RequestSource,
-    unchanged: bool,
+    kept: Option<&SvcInfo>,
     view: &View<'_>,
 ) -> Decision {
-    let field = match source {
-        RequestSource::Annotation => format!("annotation {LB_IPS_ANNOTATION}"),
-        RequestSource::SpecLoadBalancerIp => "spec.loadBalancerIP".to_string(),
-    };
+    let field = field_name(source);
     let mut warnings = Vec::new();
     let mut ips = Vec::new();
-    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+    for entry in entries(value) {
         match entry.parse::<IpAddr>() {
             Ok(ip) => ips.push(ip),
             Err(_) if is_dns_name(entry) => warnings.push(format!(
-                "{field}: entry {entry:?} is a DNS name; kube-vip resolves it and it is not checked for conflicts"
+                "{field}: entry {} is a DNS name; kube-vip resolves it and it is not checked for conflicts",
+                quoted(entry)
             )),
             Err(_) => {
                 return Decision::new(Outcome::Denied(format!(
-                    "{field}: entry {entry:?} is neither an IP address nor a DNS name"
+                    "{field}: entry {} is neither an IP address nor a DNS name",
+                    quoted(entry)
                 )));
             }
         }
     }
     let mut decision = Decision::new(Outcome::Requested { ips: ips.clone() });
-    if !unchanged {
-        // A change of the user's choice is a new request (SPEC 4.6): validate it.
-        let pool = view.config.pool_for(&svc.namespace);
+    // An unchanged choice is not validated again (an unrelated edit of a Service that already
+    // clashes is never denied), except for the (port, protocol) pairs the UPDATE adds: those
+    // must not clash with the address's other holders.
+    let checked: Option<Cow<'_, [PortKey]>> = match kept {
+        None => Some(Cow::Borrowed(&svc.ports)),
+        Some(old) => added_ports(&svc.ports, &old.ports),
+    };
+    if let Some(ports) = checked {
         for ip in ips.iter().filter(|ip| !ip.is_unspecified()) {
-            let mut sharers = Vec::new();
             for holder in view.index.holders(*ip) {
                 if view.me.contains(&holder.id) {
                     continue;
                 }
-                if let Some(pair) = port_clash(&svc.ports, &holder.ports) {
+                if let Some(pair) = port_clash(&ports, holder.ports()) {
                     return Decision::new(Outcome::Denied(format!(
                         "{field}: address {ip} is already used by Service {} on {pair}; \
                          choose another address or other ports",
                         holder.label
                     )));
                 }
-                sharers.push(holder.label.to_string());
             }
-            if !sharers.is_empty() && !view.config.allow_share(&svc.namespace) {
+        }
+    }
+    if kept.is_none() {
+        // A change of the user's choice is a new request (SPEC 4.6): say what it shares.
+        let pool = view.config.pool_for(&svc.namespace);
+        for ip in ips.iter().filter(|ip| !ip.is_unspecified()) {
+            let others = view
+                .index
+                .holders(*ip)
+                .iter()
+                .filter(|h| !view.me.contains(&h.id));
+            let count = others.clone().count();
+            if count > 0 && !view.config.allow_share(&svc.namespace) {
+                // A few names are enough; an address may have any number of holders.
+                let names: Vec<&str> = others.take(NAMED_SHARERS).map(|h| &*h.label).collect();
+                let more = count.saturating_sub(NAMED_SHARERS);
+                let more = if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                };
                 warnings.push(format!(
-                    "address {ip} is shared with {} (no port clash); allow-share is not enabled for namespace {:?}, \
+                    "address {ip} is shared with {}{more} (no port clash); allow-share is not enabled for namespace {:?}, \
                      requested addresses may still share",
-                    sharers.join(", "),
+                    names.join(", "),
                     svc.namespace
                 ));
             }
@@ -334,6 +369,21 @@ fn allocate(svc: &SvcInfo, view: &View<'_>) -> Decision {
     decision
 }
 
+/// The pairs `new` has and `old` had not; `None` when there are none. Losing every port is
+/// adding "all ports" (a Service without ports clashes with everything).
+fn added_ports<'a>(new: &'a [PortKey], old: &[PortKey]) -> Option<Cow<'a, [PortKey]>> {
+    if new.is_empty() {
+        return (!old.is_empty()).then_some(Cow::Borrowed(new));
+    }
+    let old = normalized_ports(old);
+    let added: Vec<PortKey> = new
+        .iter()
+        .filter(|p| old.binary_search(p).is_err())
+        .copied()
+        .collect();
+    (!added.is_empty()).then_some(Cow::Owned(added))
+}
+
 /// One address of `family` from `pool`: a shareable held address first when sharing is on,
 /// else the next free one. Err says why not, naming pool, namespace and counts.
 fn pick(
@@ -393,7 +443,7 @@ fn shareable(svc: &SvcInfo, set: &AddressSet, view: &View<'_>) -> Option<IpAddr>
             view.index
                 .holders(*ip)
                 .iter()
-                .all(|h| view.me.contains(&h.id) || port_clash(&svc.ports, &h.ports).is_none())
+                .all(|h| view.me.contains(&h.id) || port_clash(&svc.ports, h.ports()).is_none())
         });
     general.into_iter().chain(mine).reduce(|a, b| {
         let b_first = match order {

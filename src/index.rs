@@ -9,7 +9,14 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::ipam::{AddressSet, KeyedRuns, SearchOrder, UsedAddrs};
-use crate::service::{PortKey, ServiceKey, SvcInfo};
+use crate::service::{PortKey, ServiceKey, SvcInfo, normalized_ports};
+
+/// Holders with more (port, protocol) pairs than this are filed in the sharing index under
+/// `AllPorts`, as if they had none: automatic sharing (`allow-share`) never picks their
+/// addresses. Indexing each pair costs an entry per pair and address under the allocator lock
+/// (a Service with `service::MAX_PORTS` pairs held it ~50 ms); real Services have a handful.
+/// Requested addresses are still checked against their exact pairs.
+pub const MAX_INDEXED_PORTS: usize = 128;
 
 /// What a holder occupies on its addresses, for sharing: its (port, protocol) pairs, or every
 /// port when it has none (without ports nothing can be proven not to clash).
@@ -20,17 +27,55 @@ pub enum ClashKey {
 }
 
 impl Holder {
-    fn clash_keys(&self) -> impl Iterator<Item = ClashKey> + '_ {
-        let all = self.ports.is_empty().then_some(ClashKey::AllPorts);
-        self.ports.iter().map(|p| ClashKey::Port(*p)).chain(all)
-    }
-
-    fn has_clash_key(&self, key: ClashKey) -> bool {
-        match key {
-            ClashKey::Port(p) => self.ports.contains(&p),
-            ClashKey::AllPorts => self.ports.is_empty(),
+    /// A holder occupying `ports` (kept sorted and deduplicated: lookups are binary searches).
+    pub fn new(id: HolderId, label: impl Into<Arc<str>>, ports: &[PortKey]) -> Holder {
+        let ports = if ports.is_sorted() && ports.windows(2).all(|w| w[0] != w[1]) {
+            ports.into()
+        } else {
+            normalized_ports(ports).into()
+        };
+        Holder {
+            id,
+            label: label.into(),
+            ports,
         }
     }
+
+    /// Its (port, protocol) pairs, sorted and without duplicates.
+    pub fn ports(&self) -> &[PortKey] {
+        &self.ports
+    }
+
+    /// True when the sharing index files this holder under `AllPorts` only (see
+    /// [`MAX_INDEXED_PORTS`]).
+    fn indexed_as_all_ports(&self) -> bool {
+        self.ports.is_empty() || self.ports.len() > MAX_INDEXED_PORTS
+    }
+
+    /// The keys the sharing index files this holder under, in ascending order (`AllPorts`
+    /// sorts after every port).
+    fn clash_keys(&self) -> impl Iterator<Item = ClashKey> + '_ {
+        let (ports, all): (&[PortKey], _) = if self.indexed_as_all_ports() {
+            (&[], Some(ClashKey::AllPorts))
+        } else {
+            (&self.ports, None)
+        };
+        ports.iter().map(|p| ClashKey::Port(*p)).chain(all)
+    }
+}
+
+/// Which of `keys` (sorted, distinct) at least one of `holders` carries. O((k + total holder
+/// ports) log k): every holder's keys are looked up in `keys`, never `keys` in every holder.
+fn carried(keys: &[ClashKey], holders: &[Holder]) -> Vec<bool> {
+    let mut found = vec![false; keys.len()];
+    for h in holders {
+        for key in h.clash_keys() {
+            if let Ok(i) = keys.binary_search(&key) {
+                found[i] = true;
+            }
+        }
+    }
+    found
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -45,7 +90,8 @@ pub struct Holder {
     pub id: HolderId,
     /// How to name the holder in messages (`ns/name`, or `ns/prefix<generated>`).
     pub label: Arc<str>,
-    pub ports: Arc<[PortKey]>,
+    /// Sorted, distinct (see [`Holder::new`]).
+    ports: Arc<[PortKey]>,
 }
 
 /// The index's maps: keys are addresses and Service names, hashed on every admission.
@@ -96,13 +142,14 @@ impl UsedIndex {
         if ips.is_empty() {
             return;
         }
+        let keys: Vec<ClashKey> = holder.clash_keys().collect();
         for ip in ips {
             let newly_used = self.by_addr.get(ip).is_none_or(Vec::is_empty);
             if newly_used {
                 self.addrs.insert(*ip);
                 // Runs of keys this holder lacks that spanned the (free) address end here.
                 for key in self.neighbour_keys(*ip) {
-                    if !holder.has_clash_key(key) {
+                    if keys.binary_search(&key).is_err() {
                         self.clash.split_at(&key, *ip, &self.addrs);
                     }
                 }
@@ -112,12 +159,13 @@ impl UsedIndex {
                 .by_addr
                 .entry(*ip)
                 .or_insert_with(|| Vec::with_capacity(1));
-            for key in holder.clash_keys() {
-                if !list.iter().any(|h| h.has_clash_key(key)) {
-                    self.clash.insert(&key, *ip, &self.addrs);
+            let present = carried(&keys, list);
+            list.push(holder.clone());
+            for (key, present) in keys.iter().zip(present) {
+                if !present {
+                    self.clash.insert(key, *ip, &self.addrs);
                 }
             }
-            list.push(holder.clone());
         }
         self.by_holder.insert(holder.id, ips.to_vec());
     }
@@ -130,14 +178,17 @@ impl UsedIndex {
             let Some(list) = self.by_addr.get_mut(ip) else {
                 continue;
             };
-            let Some(gone) = list.iter().find(|h| &h.id == id).cloned() else {
+            let Some(at) = list.iter().position(|h| &h.id == id) else {
                 continue;
             };
-            list.retain(|h| &h.id != id);
+            let gone = list.remove(at);
             let emptied = list.is_empty();
-            let lost: Vec<ClashKey> = gone
-                .clash_keys()
-                .filter(|k| !list.iter().any(|h| h.has_clash_key(*k)))
+            let keys: Vec<ClashKey> = gone.clash_keys().collect();
+            let kept = carried(&keys, list);
+            let lost: Vec<ClashKey> = keys
+                .into_iter()
+                .zip(kept)
+                .filter_map(|(k, kept)| (!kept).then_some(k))
                 .collect();
             if emptied {
                 self.by_addr.remove(ip);
@@ -171,7 +222,10 @@ impl UsedIndex {
     }
 
     /// The first used address of `pool` (search order) none of whose holders clashes with
-    /// `ports`, ignoring no holder. O(log n) per run of a clashing key that is jumped over.
+    /// `ports` (sorted, distinct), ignoring no holder. O(log n) per run of a clashing key that
+    /// is jumped over, plus, at each address landed on, a lookup of its holders' keys in `ports`
+    /// (so a Service with many ports costs what the addresses it visits hold, never
+    /// ports x addresses).
     pub fn first_shareable(
         &self,
         pool: &AddressSet,
@@ -181,12 +235,38 @@ impl UsedIndex {
         if ports.is_empty() {
             return None; // a Service without ports clashes with every holder
         }
-        let blocked: Vec<ClashKey> = ports
-            .iter()
-            .map(|p| ClashKey::Port(*p))
-            .chain([ClashKey::AllPorts])
-            .collect();
-        self.clash.first_without(&self.addrs, pool, order, &blocked)
+        let normalized;
+        let ports = if ports.is_sorted() {
+            ports
+        } else {
+            normalized = normalized_ports(ports);
+            &normalized
+        };
+        // The keys `ip` carries that block `ports`: a holder without ports blocks everything.
+        let blocking = |ip: IpAddr| -> Vec<ClashKey> {
+            let mut out: Vec<ClashKey> = Vec::new();
+            for h in self.holders(ip) {
+                if h.indexed_as_all_ports() {
+                    out.push(ClashKey::AllPorts);
+                    continue;
+                }
+                let (short, long) = if h.ports.len() <= ports.len() {
+                    (&h.ports[..], ports)
+                } else {
+                    (ports, &h.ports[..])
+                };
+                out.extend(
+                    short
+                        .iter()
+                        .filter(|p| long.binary_search(p).is_ok())
+                        .map(|p| ClashKey::Port(*p)),
+                );
+            }
+            out.sort_unstable();
+            out.dedup();
+            out
+        };
+        self.clash.first_without(&self.addrs, pool, order, blocking)
     }
 
     /// Index a Service as it is now (add, update, or type change away from LoadBalancer).
@@ -194,11 +274,7 @@ impl UsedIndex {
         let key = svc.key();
         let held = svc.held();
         self.set_malformed(&key, held.malformed.len());
-        let holder = Holder {
-            id: HolderId::Service(key),
-            label: svc.display_name().into(),
-            ports: svc.ports.clone().into(),
-        };
+        let holder = Holder::new(HolderId::Service(key), svc.display_name(), &svc.ports);
         self.set_holder(holder, &held.ips);
     }
 
@@ -280,15 +356,17 @@ mod tests {
         ports: &[PortKey],
     ) -> Option<IpAddr> {
         idx.addrs().iter_in(pool, order).find(|ip| {
-            idx.holders(*ip)
-                .iter()
-                .all(|h| crate::service::port_clash(ports, &h.ports).is_none())
+            idx.holders(*ip).iter().all(|h| {
+                !h.indexed_as_all_ports() && crate::service::port_clash(ports, &h.ports).is_none()
+            })
         })
     }
 
     fn check(idx: &UsedIndex) {
         idx.clash.check(&idx.addrs, |key, ip| {
-            idx.holders(ip).iter().any(|h| h.has_clash_key(*key))
+            idx.holders(ip)
+                .iter()
+                .any(|h| h.clash_keys().any(|k| k == *key))
         });
     }
 
@@ -359,6 +437,35 @@ mod tests {
         );
     }
 
+    #[test]
+    fn holders_with_huge_port_lists_are_never_shared_automatically() {
+        let pool = AddressSet::from_ranges(
+            crate::ipam::Family::V4,
+            &[(ip("10.0.0.0"), ip("10.0.0.255"))],
+        );
+        let udp =
+            |n: usize| -> Vec<PortKey> { (1..=n as i32).map(|p| port(p, Protocol::Udp)).collect() };
+        let mut idx = UsedIndex::new();
+        let mut ordinary = lb("ns", "ordinary", "10.0.0.2");
+        ordinary.ports = udp(MAX_INDEXED_PORTS);
+        idx.apply_service(&ordinary);
+        let mut huge = lb("ns", "huge", "10.0.0.1");
+        huge.ports = udp(MAX_INDEXED_PORTS + 1);
+        idx.apply_service(&huge);
+        check(&idx);
+        // No pair in common with either; only the ordinary holder's address is offered.
+        let web = [port(80, Protocol::Tcp)];
+        assert_eq!(
+            idx.first_shareable(&pool, SearchOrder::Ascending, &web),
+            Some(ip("10.0.0.2"))
+        );
+        // The huge holder costs the index one key, not one per pair.
+        assert_eq!(idx.clash.key_count(), MAX_INDEXED_PORTS + 1);
+        idx.remove_service(&ServiceKey::new("ns", "huge"));
+        idx.remove_service(&ServiceKey::new("ns", "ordinary"));
+        assert_eq!(idx.clash.key_count(), 0);
+    }
+
     mod model {
         use super::*;
         use proptest::prelude::*;
@@ -416,6 +523,14 @@ mod tests {
                     vec![port(80, Protocol::Tcp), port(80, Protocol::Udp)],
                     vec![port(53, Protocol::Udp), port(443, Protocol::Tcp)],
                     vec![port(8080, Protocol::Tcp)],
+                    // Many ports, unsorted: every key the holders can carry, and more.
+                    vec![
+                        port(9000, Protocol::Sctp),
+                        port(53, Protocol::Udp),
+                        port(443, Protocol::Tcp),
+                        port(80, Protocol::Udp),
+                        port(80, Protocol::Tcp),
+                    ],
                 ];
                 for op in ops {
                     match op {

@@ -35,6 +35,10 @@ pub struct Settings {
     /// before it stops answering), then drain. What kube-apiserver does with
     /// `--shutdown-delay-duration`; replaces a `preStop` sleep (which needs Kubernetes 1.30).
     pub shutdown_delay: Duration,
+    /// Require a client certificate (the apiserver's) on the webhook port.
+    pub client_auth: Option<crate::tls::ClientAuth>,
+    /// What reviews may hold (reservations in total and per namespace).
+    pub quotas: crate::state::Quotas,
 }
 
 /// `serve --standalone`: pools and Services from files.
@@ -150,20 +154,25 @@ pub async fn start_standalone(
     for e in config.errors() {
         tracing::warn!(configmap = %configmap.display(), "config error: {e}");
     }
-    let allocator = Arc::new(Allocator::new(
-        settings.options.clone(),
-        Confirm::OnAdmit,
-        configmap.display().to_string(),
-    ));
+    let allocator = Arc::new(
+        Allocator::new(
+            settings.options.clone(),
+            Confirm::OnAdmit,
+            configmap.display().to_string(),
+        )
+        .with_quotas(settings.quotas),
+    );
     allocator.set_config(Some(config));
     allocator.reset_services(&files::load_svc_infos(&standalone.services)?);
 
     let (tls, cert_dir) = match &standalone.tls_files {
         Some((cert, key)) => (crate::tls::reloading_server_config(cert, key)?, None),
         None => {
-            let dir = standalone.cert_dir.clone().unwrap_or_else(|| {
-                std::env::temp_dir().join(format!("kube-vip-webhook-{}", std::process::id()))
-            });
+            // The key goes into a directory only we can use, never through a planted link.
+            let dir = match &standalone.cert_dir {
+                Some(dir) => crate::private_files::private_dir(dir)?,
+                None => crate::private_files::fresh_dir(&std::env::temp_dir(), "kube-vip-webhook")?,
+            };
             let tls = self_signed_into(&dir)?;
             (tls, Some(dir))
         }
@@ -223,6 +232,11 @@ pub fn start_servers(settings: &Settings, parts: Parts, stop: Stop) -> anyhow::R
         readiness,
         cert_dir,
     } = parts;
+    // Read the client CA before binding: a bad file fails the start, not the first handshake.
+    let tls = match &settings.client_auth {
+        Some(auth) => crate::tls::require_client_certs(&tls, auth)?,
+        None => tls,
+    };
     let webhook_listener = bind(settings.listen)?;
     let admin_listener = bind(settings.admin_listen)?;
     let webhook_addr = webhook_listener.local_addr()?;
@@ -276,7 +290,8 @@ fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     Ok(listener)
 }
 
-/// Generate a CA and a serving certificate for localhost into `dir`.
+/// Generate a CA and a serving certificate for localhost into `dir` (private: see
+/// [`crate::private_files`]); the key is readable by this user only.
 fn self_signed_into(dir: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let names = [
         "localhost".to_string(),
@@ -284,14 +299,12 @@ fn self_signed_into(dir: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
         "::1".to_string(),
     ];
     let generated = crate::tls::generate_self_signed(&names, Duration::from_secs(365 * 24 * 3600))?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    for (file, pem) in [
-        ("ca.crt", &generated.ca_cert_pem),
-        ("tls.crt", &generated.cert_pem),
-        ("tls.key", &generated.key_pem),
+    for (file, pem, mode) in [
+        ("ca.crt", &generated.ca_cert_pem, 0o644),
+        ("tls.crt", &generated.cert_pem, 0o644),
+        ("tls.key", &generated.key_pem, 0o600),
     ] {
-        let path = dir.join(file);
-        std::fs::write(&path, pem).with_context(|| format!("cannot write {}", path.display()))?;
+        crate::private_files::write_file(dir, file, pem.as_bytes(), mode)?;
     }
     Ok(crate::tls::server_config_from_pem(
         &generated.cert_pem,

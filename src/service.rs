@@ -86,8 +86,34 @@ impl fmt::Display for PortKey {
     }
 }
 
-/// The first (port, protocol) pair the two lists have in common. A list with no ports at all is
-/// treated as clashing with everything: without ports we cannot prove sharing is safe.
+/// Most (port, protocol) pairs a Service may carry. Kubernetes itself has no count limit on
+/// `spec.ports` (only uniqueness of (port, protocol) and the 1.5 MiB object size); 20,000 is the
+/// largest port list it can publish for a Service: the EndpointSlice controller copies every
+/// Service port into each slice and the apiserver refuses slices with more than 20,000 ports.
+/// Past it a Service could not have endpoints, so nothing legitimate is refused.
+pub const MAX_PORTS: usize = 20_000;
+/// Longest Service name or `generateName` we accept: the generic Kubernetes object name limit
+/// (DNS subdomain). Service names are in fact DNS labels (63), checked by the apiserver later.
+pub const MAX_NAME_LEN: usize = 253;
+/// Longest namespace name: namespaces are DNS labels.
+pub const MAX_NAMESPACE_LEN: usize = 63;
+
+/// `ports` sorted and without duplicates: the form every port list takes before two are
+/// compared (a duplicate pair would be refused by the apiserver anyway).
+pub fn normalized_ports(ports: &[PortKey]) -> Vec<PortKey> {
+    let mut out = ports.to_vec();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// The first (in sort order) (port, protocol) pair the two lists have in common. A list with
+/// no ports at all is treated as clashing with everything: without ports we cannot prove
+/// sharing is safe.
+///
+/// O(s log l) for sorted lists of lengths s <= l (each pair of the shorter list is looked up in
+/// the longer one), so comparing a huge list with many small ones stays cheap; unsorted input
+/// is sorted first. Never quadratic.
 pub fn port_clash(a: &[PortKey], b: &[PortKey]) -> Option<PortKey> {
     if a.is_empty() {
         return b.first().copied().or(Some(PortKey {
@@ -98,7 +124,24 @@ pub fn port_clash(a: &[PortKey], b: &[PortKey]) -> Option<PortKey> {
     if b.is_empty() {
         return a.first().copied();
     }
-    a.iter().find(|p| b.contains(p)).copied()
+    let (a_sorted, b_sorted);
+    let a = if a.is_sorted() {
+        a
+    } else {
+        a_sorted = normalized_ports(a);
+        &a_sorted
+    };
+    let b = if b.is_sorted() {
+        b
+    } else {
+        b_sorted = normalized_ports(b);
+        &b_sorted
+    };
+    let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+    short
+        .iter()
+        .find(|p| long.binary_search(p).is_ok())
+        .copied()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,16 +212,20 @@ impl SvcInfo {
                 .and_then(|s| s.ip_families.as_ref())
                 .map(|f| f.iter().filter_map(|f| Family::from_k8s(f)).collect())
                 .unwrap_or_default(),
+            // Sorted and deduplicated once here, so that clash checks are merges, not scans.
             ports: spec
                 .and_then(|s| s.ports.as_ref())
                 .map(|ports| {
-                    ports
+                    let mut keys: Vec<PortKey> = ports
                         .iter()
                         .map(|p| PortKey {
                             port: p.port,
                             protocol: Protocol::parse(p.protocol.as_deref()),
                         })
-                        .collect()
+                        .collect();
+                    keys.sort_unstable();
+                    keys.dedup();
+                    keys
                 })
                 .unwrap_or_default(),
             has_implementation_label: meta

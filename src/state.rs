@@ -2,19 +2,34 @@
 //!
 //! Every decision and every index change happens under one mutex, so two concurrent admissions
 //! can never both see an address as free (SPEC 4.2). The decision itself is O(log n), so the lock
-//! is held for microseconds.
+//! is held for microseconds: what a request carries is checked against the bounds, and every
+//! value the locked section stores (keys, labels, sorted port lists) is built, before the lock.
+//!
+//! Reviews come from whoever can reach the webhook port, so what they make the allocator hold is
+//! bounded ([`Quotas`]); our own reconciler (Services that exist) is not.
 
-use std::collections::{HashMap, VecDeque};
+mod prepare;
+mod quota;
+
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, FamilyPool};
-use crate::engine::{self, Decision, Options, Outcome, View};
+use crate::engine::{self, Changes, Decision, Options, Outcome, View};
 use crate::index::{Holder, HolderId, UsedIndex};
 use crate::ipam::Family;
 use crate::metrics::{PoolStat, StatsSource};
 use crate::service::{ServiceKey, SvcInfo};
+
+use prepare::{Prepared, at_quota, prepare};
+use quota::Usage;
+pub use quota::{
+    DEFAULT_MAX_RESERVATIONS, DEFAULT_MAX_RESERVATIONS_PER_NAMESPACE, FREE_PORT_ENTRIES,
+    MAX_HELD_FROM_REVIEW, MAX_RESERVATION_TTL, MAX_RESERVED_PORT_ENTRIES, MIN_RESERVATION_TTL,
+    Quotas,
+};
 
 /// How admitted addresses become permanent holders.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +47,9 @@ struct Reservation {
     name: String,
     generate_name: Option<String>,
     expires: Instant,
+    /// What it is charged against the port budget (see `quota::charged`) when it counts against
+    /// the quotas (made for a review); `None` for the reconciler's own.
+    counted: Option<usize>,
 }
 
 impl Reservation {
@@ -41,7 +59,7 @@ impl Reservation {
         !self.name.is_empty() && self.name == svc.name && self.namespace == svc.namespace
     }
 
-    fn matches(&self, svc: &SvcInfo) -> bool {
+    fn matches(&self, svc: &ServiceKey) -> bool {
         self.namespace == svc.namespace
             && (self.name == svc.name
                 || (self.name.is_empty()
@@ -59,6 +77,10 @@ struct Inner {
     index: UsedIndex,
     reservations: HashMap<Arc<str>, Reservation, foldhash::fast::RandomState>,
     expiry: VecDeque<(Instant, Arc<str>)>,
+    /// What counted reservations hold, against the quotas.
+    usage: Usage,
+    /// Standalone: Services admitted by reviews (they stay in the index; counted once each).
+    admitted: HashSet<ServiceKey, foldhash::fast::RandomState>,
 }
 
 /// A request to decide for one Service.
@@ -78,16 +100,44 @@ pub struct Allocator {
     options: Options,
     confirm: Confirm,
     config_name: String,
+    quotas: Quotas,
+}
+
+/// Who asks for a decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Caller {
+    /// A review from the webhook port: bounded by the quotas.
+    Review,
+    /// The reconciler (a Service that exists) or `plan`: not bounded.
+    Trusted,
 }
 
 impl Allocator {
+    /// `Confirm::ByCache` TTLs are clamped to [`MIN_RESERVATION_TTL`]..=[`MAX_RESERVATION_TTL`].
     pub fn new(options: Options, confirm: Confirm, config_name: impl Into<String>) -> Self {
+        let confirm = match confirm {
+            Confirm::ByCache { ttl } => Confirm::ByCache {
+                ttl: ttl.clamp(MIN_RESERVATION_TTL, MAX_RESERVATION_TTL),
+            },
+            Confirm::OnAdmit => Confirm::OnAdmit,
+        };
         Allocator {
             inner: Mutex::new(Inner::default()),
             options,
             confirm,
             config_name: config_name.into(),
+            quotas: Quotas::default(),
         }
+    }
+
+    /// Replace the default [`Quotas`] on reviews.
+    pub fn with_quotas(mut self, quotas: Quotas) -> Self {
+        self.quotas = quotas;
+        self
+    }
+
+    pub fn quotas(&self) -> Quotas {
+        self.quotas
     }
 
     pub fn options(&self) -> &Options {
@@ -104,18 +154,42 @@ impl Allocator {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Decide for one Service and, unless dry-run, hold its addresses until confirmed.
+    /// Decide for one Service and, unless dry-run, hold its addresses until confirmed. For the
+    /// reconciler and `plan`: not bounded by the quotas (see [`Allocator::admit_review`]).
     pub fn admit(&self, req: Request<'_>, now: Instant) -> Decision {
+        self.admit_as(req, now, Caller::Trusted)
+    }
+
+    /// [`Allocator::admit`] for a review from the webhook port, which anyone who reaches it can
+    /// send: what it may make us hold is bounded by the [`Quotas`]. At a quota nothing is held
+    /// and the caller is told: an allocation is admitted without an address (the reconciler
+    /// assigns one once the Service exists), a requested address not already held by the same
+    /// Service is denied. Never a duplicate.
+    pub fn admit_review(&self, req: Request<'_>, now: Instant) -> Decision {
+        self.admit_as(req, now, Caller::Review)
+    }
+
+    fn admit_as(&self, req: Request<'_>, now: Instant, caller: Caller) -> Decision {
+        // Outside the lock: refuse what no Service can carry, and build what the locked section
+        // stores, so that the lock is held for the decision and a few map updates only.
+        if let Some(why) = engine::check_bounds(req.svc, &self.options) {
+            return Decision {
+                outcome: Outcome::Denied(why),
+                changes: Changes::default(),
+                warnings: Vec::new(),
+            };
+        }
+        let id: Arc<str> = req.id.into();
+        let prepared = (!req.dry_run).then(|| prepare(self.confirm, &req, &id, now));
+
         let mut inner = self.lock();
         inner.expire(now);
-        let id: Arc<str> = req.id.into();
-        if !req.dry_run && inner.reservations.remove(&id).is_some() {
+        if !req.dry_run {
             // The same request decided again (apiserver retry, reconciler after a conflict):
             // its earlier reservation is replaced, so it gets the same address back.
-            inner
-                .index
-                .remove_holder(&HolderId::Reservation(id.clone()));
+            inner.drop_reservation(&id);
         }
+        // Looked up under the lock: reservations made for this same Service (see `Inner::me`).
         let me = inner.me(&id, req.svc);
         let decision = {
             let view = View {
@@ -127,19 +201,25 @@ impl Allocator {
             };
             engine::decide(req.svc, req.old, &view)
         };
-        if req.dry_run {
+        let Some(prepared) = prepared else {
             return decision;
-        }
+        };
         let ips = decision.outcome.ips();
         if ips.is_empty() || matches!(decision.outcome, Outcome::Skipped(_)) {
-            let admitted = matches!(
-                decision.outcome,
-                Outcome::Skipped(_) | Outcome::NoAddress(_)
-            );
-            if self.confirm == Confirm::OnAdmit && admitted && !req.svc.name.is_empty() {
-                // No cache will tell us: the object as admitted is the Service now (a type
-                // change away from LoadBalancer frees its address, SPEC 4.1).
-                inner.index.apply_service(req.svc);
+            if let Prepared::Admitted { key, holder, held } = prepared {
+                // Standalone: no cache will tell us, the object as admitted is the Service now
+                // (a type change away from LoadBalancer frees its address, SPEC 4.1).
+                let admitted = matches!(
+                    decision.outcome,
+                    Outcome::Skipped(_) | Outcome::NoAddress(_)
+                );
+                if admitted && !req.svc.name.is_empty() {
+                    let new = inner.index.addresses_of(&holder.id).is_empty();
+                    if held.is_empty() || !new || inner.admit_standalone(&key, caller, self.quotas)
+                    {
+                        inner.index.set_holder(holder, &held);
+                    }
+                }
             }
             return decision;
         }
@@ -148,37 +228,37 @@ impl Allocator {
             .copied()
             .filter(|ip| !ip.is_unspecified())
             .collect();
-        match self.confirm {
-            Confirm::OnAdmit => {
-                let mut svc = req.svc.clone();
-                if svc.name.is_empty() {
-                    // generateName in standalone mode: the apiserver would pick the suffix.
-                    svc.name = format!("{}{}", svc.generate_name.as_deref().unwrap_or(""), req.id);
+        match prepared {
+            Prepared::Admitted { key, holder, .. } => {
+                let new = inner.index.addresses_of(&holder.id).is_empty();
+                if new && !inner.admit_standalone(&key, caller, self.quotas) {
+                    return at_quota(decision, &self.quotas.standalone_refusal());
                 }
-                let holder = Holder {
-                    id: HolderId::Service(svc.key()),
-                    label: svc.display_name().into(),
-                    ports: svc.ports.clone().into(),
-                };
                 inner.index.set_holder(holder, &holder_ips);
             }
-            Confirm::ByCache { ttl } => {
-                let holder = Holder {
-                    id: HolderId::Reservation(id.clone()),
-                    label: format!("{} (being admitted)", req.svc.display_name()).into(),
-                    ports: req.svc.ports.clone().into(),
-                };
+            Prepared::Reserved {
+                holder,
+                mut reservation,
+                expires,
+            } => {
+                let entries = quota::charged(holder.ports().len(), holder_ips.len());
+                if caller == Caller::Review {
+                    if let Err(why) = inner
+                        .usage
+                        .admits(&self.quotas, &req.svc.namespace, entries)
+                    {
+                        if inner.already_holds(&HolderId::Service(req.svc.key()), &holder_ips) {
+                            // An UPDATE keeping the addresses the Service already holds: the
+                            // Service itself keeps them from anyone else, nothing to reserve.
+                            return decision;
+                        }
+                        return at_quota(decision, &why);
+                    }
+                    inner.usage.add(&req.svc.namespace, entries);
+                    reservation.counted = Some(entries);
+                }
                 inner.index.set_holder(holder, &holder_ips);
-                let expires = now + ttl;
-                inner.reservations.insert(
-                    id.clone(),
-                    Reservation {
-                        namespace: req.svc.namespace.clone(),
-                        name: req.svc.name.clone(),
-                        generate_name: req.svc.generate_name.clone(),
-                        expires,
-                    },
-                );
+                inner.reservations.insert(id.clone(), reservation);
                 inner.expiry.push_back((expires, id));
             }
         }
@@ -192,10 +272,14 @@ impl Allocator {
     pub fn release(&self, id: &str, svc: Option<&SvcInfo>) {
         let mut inner = self.lock();
         let id: Arc<str> = id.into();
-        if inner.reservations.remove(&id).is_none() {
+        if !inner.reservations.contains_key(&id) {
             return;
         }
-        let freed = inner.index.remove_holder(&HolderId::Reservation(id));
+        let freed = inner
+            .index
+            .addresses_of(&HolderId::Reservation(id.clone()))
+            .to_vec();
+        inner.drop_reservation(&id);
         let Some(svc) = svc else {
             return;
         };
@@ -212,8 +296,7 @@ impl Allocator {
             })
             .collect();
         for other in echoes {
-            inner.reservations.remove(&other);
-            inner.index.remove_holder(&HolderId::Reservation(other));
+            inner.drop_reservation(&other);
         }
     }
 
@@ -250,7 +333,7 @@ impl Allocator {
             for h in inner.index.holders(*ip) {
                 if matches!(h.id, HolderId::Service(_))
                     && h.id != me
-                    && crate::service::port_clash(&svc.ports, &h.ports).is_some()
+                    && crate::service::port_clash(&svc.ports, h.ports()).is_some()
                 {
                     out.push((*ip, h.label.to_string()));
                 }
@@ -260,18 +343,23 @@ impl Allocator {
     }
 
     /// Replace the whole Service view (watch relist). Reservations are kept: they stand for
-    /// admissions the new list may not contain yet.
+    /// admissions the new list may not contain yet. The new index is built before taking the
+    /// lock (a relist of 100k Services must not stall admissions), the old one dropped after.
     pub fn reset_services<'a>(&self, services: impl IntoIterator<Item = &'a SvcInfo>) {
-        let mut inner = self.lock();
         let mut fresh = UsedIndex::new();
-        for (id, ips) in inner.reservation_holdings() {
-            fresh.set_holder(id, &ips);
-        }
-        inner.index = fresh;
         for svc in services {
-            inner.index.apply_service(svc);
-            inner.confirm_reservations(svc);
+            fresh.apply_service(svc);
         }
+        let old = {
+            let mut inner = self.lock();
+            for (holder, ips) in inner.reservation_holdings() {
+                fresh.set_holder(holder, &ips);
+            }
+            let old = std::mem::replace(&mut inner.index, fresh);
+            inner.confirm_all_reservations();
+            old
+        };
+        drop(old);
     }
 
     /// New ConfigMap contents (`None`: the ConfigMap is missing). Parsed by the caller once per change.
@@ -347,8 +435,7 @@ impl Inner {
             };
             // The entry may be stale (confirmed, or re-reserved with a later deadline).
             if self.reservations.get(&id).is_some_and(|r| r.expires <= now) {
-                self.reservations.remove(&id);
-                self.index.remove_holder(&HolderId::Reservation(id));
+                self.drop_reservation(&id);
             }
         }
     }
@@ -388,21 +475,69 @@ impl Inner {
         if self.reservations.is_empty() {
             return;
         }
-        let key = HolderId::Service(svc.key());
+        let key = svc.key();
+        let me = HolderId::Service(key.clone());
         let mut done = Vec::new();
-        for ip in self.index.addresses_of(&key) {
+        for ip in self.index.addresses_of(&me) {
             for holder in self.index.holders(*ip) {
                 if let HolderId::Reservation(id) = &holder.id
-                    && self.reservations.get(id).is_some_and(|r| r.matches(svc))
+                    && self.reservations.get(id).is_some_and(|r| r.matches(&key))
                 {
                     done.push(id.clone());
                 }
             }
         }
         for id in done {
-            self.reservations.remove(&id);
-            self.index.remove_holder(&HolderId::Reservation(id));
+            self.drop_reservation(&id);
         }
+    }
+
+    /// After a relist: every reservation whose Service is now in the index is confirmed.
+    fn confirm_all_reservations(&mut self) {
+        let mut done = Vec::new();
+        for (id, r) in &self.reservations {
+            let hid = HolderId::Reservation(id.clone());
+            let confirmed = self.index.addresses_of(&hid).iter().any(|ip| {
+                self.index.holders(*ip).iter().any(|h| match &h.id {
+                    HolderId::Service(key) => r.matches(key),
+                    HolderId::Reservation(_) => false,
+                })
+            });
+            if confirmed {
+                done.push(id.clone());
+            }
+        }
+        for id in done {
+            self.drop_reservation(&id);
+        }
+    }
+
+    /// End a reservation: its addresses and what it counted against the quotas are released.
+    fn drop_reservation(&mut self, id: &Arc<str>) {
+        if let Some(r) = self.reservations.remove(id) {
+            self.index.remove_holder(&HolderId::Reservation(id.clone()));
+            if let Some(entries) = r.counted {
+                self.usage.remove(&r.namespace, entries);
+            }
+        }
+    }
+
+    /// True when `id` already holds every one of `ips`.
+    fn already_holds(&self, id: &HolderId, ips: &[IpAddr]) -> bool {
+        let held = self.index.addresses_of(id);
+        ips.iter().all(|ip| held.contains(ip))
+    }
+
+    /// Standalone: may a review add Service `key` to the index? Counted once per Service.
+    fn admit_standalone(&mut self, key: &ServiceKey, caller: Caller, quotas: Quotas) -> bool {
+        if caller == Caller::Trusted || self.admitted.contains(key) {
+            return true;
+        }
+        if self.admitted.len() >= quotas.reservations {
+            return false;
+        }
+        self.admitted.insert(key.clone());
+        true
     }
 
     fn reservation_holdings(&self) -> Vec<(Holder, Vec<IpAddr>)> {

@@ -9,6 +9,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod client_auth;
+mod stamp;
+
+pub use client_auth::{ClientAuth, require_client_certs};
+use stamp::Stamp;
+
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -70,6 +76,12 @@ pub enum TlsError {
     CaNotValid,
     #[error("generating a certificate")]
     Generate(#[source] rcgen::Error),
+    #[error("{what}: cannot verify client certificates with it")]
+    ClientVerifier {
+        what: String,
+        #[source]
+        source: rustls::server::VerifierBuilderError,
+    },
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -175,23 +187,18 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding the lock cannot leave the state half-updated (single assignments).
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Reloading from files
 
 /// Load and validate the certificate chain and private key from PEM files now (so a bad pair fails
 /// before anything binds), and return a server config whose certificate follows the files.
 ///
-/// Rotation check: on every TLS handshake the resolver re-reads both files and compares their
-/// bytes with the last pair it saw; only a change triggers parsing. Why per handshake and by
-/// content: no background task to own or stop, the very next connection after a rotation gets the
-/// new certificate, and content comparison is immune to coarse mtimes, in-place rewrites and
-/// Kubernetes' `..data` symlink swaps alike. Reading two small files is negligible next to the
-/// handshake's public-key operations, and the apiserver reuses connections.
+/// Rotation check: on every TLS handshake the resolver looks at both files' metadata (device,
+/// inode, size, modification and change times: a `stat`, no read, no lock held) and compares it
+/// with what it last loaded; only a change triggers reading and parsing. So the very next
+/// connection after a rotation gets the new certificate, without a background task, and the
+/// check is immune to in-place rewrites (the change time moves) and Kubernetes' `..data` symlink
+/// swaps (the path resolves to another inode) alike.
 ///
 /// Invalid new files (unparsable, key not matching the certificate, unreadable) keep the last good
 /// pair in service; the error is logged once per change of the files.
@@ -203,12 +210,14 @@ pub fn reloading_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConf
 struct FileResolver {
     cert_path: PathBuf,
     key_path: PathBuf,
-    state: Mutex<FileState>,
+    state: RwLock<FileState>,
+    /// Held while one handshake reloads; the others keep serving the current pair meanwhile.
+    reloading: Mutex<()>,
 }
 
 struct FileState {
-    /// Bytes of the files last looked at (good or bad); `None` after a read failure.
-    seen: Option<(Vec<u8>, Vec<u8>)>,
+    /// Metadata of the files last looked at (good or bad); `None` after a failure to stat them.
+    seen: Option<(Stamp, Stamp)>,
     current: Arc<CertifiedKey>,
 }
 
@@ -223,6 +232,8 @@ impl fmt::Debug for FileResolver {
 
 impl FileResolver {
     fn new(cert_path: PathBuf, key_path: PathBuf) -> Result<Self, TlsError> {
+        // Stamped before reading: a change in between is seen (and loaded) at the next look.
+        let seen = stamps(&cert_path, &key_path).ok();
         let (cert_pem, key_pem) = read_pair(&cert_path, &key_path)?;
         let current = certified_key(
             &cert_pem,
@@ -233,34 +244,55 @@ impl FileResolver {
         Ok(Self {
             cert_path,
             key_path,
-            state: Mutex::new(FileState {
-                seen: Some((cert_pem, key_pem)),
+            state: RwLock::new(FileState {
+                seen,
                 current: Arc::new(current),
             }),
+            reloading: Mutex::new(()),
         })
     }
 
-    fn refresh(&self, state: &mut FileState) {
-        let pair = match read_pair(&self.cert_path, &self.key_path) {
-            Ok(pair) => pair,
+    fn current(&self) -> Arc<CertifiedKey> {
+        read(&self.state).current.clone()
+    }
+
+    /// The certified key for a handshake: the loaded one, reloaded first if the files changed.
+    fn resolve_now(&self) -> Arc<CertifiedKey> {
+        let now = stamps(&self.cert_path, &self.key_path);
+        {
+            let state = read(&self.state);
+            match &now {
+                Ok(now) if state.seen.as_ref() == Some(now) => return state.current.clone(),
+                Err(_) if state.seen.is_none() => return state.current.clone(),
+                _ => {}
+            }
+        }
+        // Another handshake is already reloading: serve the current pair, don't wait.
+        let Ok(_reloading) = self.reloading.try_lock() else {
+            return self.current();
+        };
+        let now = match now {
+            Ok(now) => now,
             Err(e) => {
+                let mut state = write(&self.state);
                 if state.seen.take().is_some() {
                     tracing::error!(error = %error_chain(&e), "TLS files unreadable; keeping the current certificate");
                 }
-                return;
+                return state.current.clone();
             }
         };
-        if state.seen.as_ref() == Some(&pair) {
-            return;
-        }
-        let loaded = certified_key(
-            &pair.0,
-            &pair.1,
-            &cert_what(&self.cert_path),
-            &key_what(&self.key_path),
-        );
-        // Remember the bytes even when they are bad, so they are not re-parsed on every handshake.
-        state.seen = Some(pair);
+        let loaded = read_pair(&self.cert_path, &self.key_path).and_then(|(cert, key)| {
+            certified_key(
+                &cert,
+                &key,
+                &cert_what(&self.cert_path),
+                &key_what(&self.key_path),
+            )
+        });
+        // Remember the stamps even when the files are bad, so they are not re-read on every
+        // handshake; the next change is looked at again.
+        let mut state = write(&self.state);
+        state.seen = Some(now);
         match loaded {
             Ok(key) => {
                 tracing::info!(cert = %self.cert_path.display(), "TLS certificate reloaded");
@@ -270,15 +302,29 @@ impl FileResolver {
                 tracing::error!(error = %error_chain(&e), "new TLS files are invalid; keeping the current certificate");
             }
         }
+        state.current.clone()
     }
 }
 
 impl ResolvesServerCert for FileResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let mut state = lock(&self.state);
-        self.refresh(&mut state);
-        Some(state.current.clone())
+        Some(self.resolve_now())
     }
+}
+
+fn stamps(cert: &Path, key: &Path) -> Result<(Stamp, Stamp), TlsError> {
+    let one = |path: &Path, what: String| {
+        Stamp::of(path).map_err(|source| TlsError::Read { what, source })
+    };
+    Ok((one(cert, cert_what(cert))?, one(key, key_what(key))?))
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn cert_what(path: &Path) -> String {

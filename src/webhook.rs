@@ -4,22 +4,24 @@
 //! silently admits), so every problem with a request is answered inside the review.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use futures::StreamExt as _;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use jsonptr::PointerBuf;
 use k8s_openapi::api::core::v1::Service;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use serde_json::Value;
+use tokio::sync::Semaphore;
 
 use crate::engine::{Changes, Decision, Outcome};
 use crate::forward::{FORWARDED_HEADER, Forwarder};
@@ -31,9 +33,29 @@ use crate::state::{Allocator, Request};
 /// Bodies above this are refused with 413 before parsing. An AdmissionReview carries the object
 /// and the old object; a Service is rarely over a few KiB, Kubernetes objects are capped at 1.5 MiB.
 pub const BODY_LIMIT: usize = 4 * 1024 * 1024;
-
+/// Bytes of request bodies being read or answered at once, over all connections: what a flood
+/// of maximal reviews can make us buffer (16 maximal bodies; decoding one adds at most its own
+/// size). A request reserves its Content-Length (or [`BODY_LIMIT`] without one) before reading,
+/// in arrival order, so nobody holds part of the budget while waiting for more.
+pub const MAX_BODY_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
+/// The whole body must arrive within this (a client trickling bytes holds its share of the
+/// budget no longer). The apiserver sends a review in one go; its own timeout is at most 30 s.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Everything a request does (waiting for the budget, reading, forwarding, answering) ends
+/// within this; the apiserver has given up by then anyway (webhook timeouts are 1-30 s).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest request UID accepted (the apiserver sends 36-character UUIDs); a UID is a
+/// reservation key and is echoed in the answer.
+pub const MAX_UID_LEN: usize = 128;
+/// Warnings in one answer; the rest are counted in the last one.
+pub const MAX_WARNINGS: usize = 8;
 /// Kubernetes truncates longer warnings; keep ours whole by shortening them ourselves.
 const WARNING_MAX: usize = 256;
+/// Longest status message in an answer (messages quote what was sent, which may be huge).
+pub const MAX_MESSAGE_LEN: usize = 1024;
+/// No answer is larger than this: UID, message, warnings and patch are each bounded above, and
+/// an answer that would still be larger is sent without warnings.
+pub const MAX_ANSWER_BYTES: usize = 32 * 1024;
 
 #[derive(Clone)]
 pub struct WebhookState {
@@ -46,13 +68,99 @@ pub struct WebhookState {
 }
 
 pub fn router(state: WebhookState) -> Router {
+    let shared = Shared {
+        state,
+        budget: Arc::new(Semaphore::new(MAX_BODY_BYTES_IN_FLIGHT)),
+    };
     Router::new()
         .route("/mutate", post(mutate))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(state)
+        .with_state(shared)
 }
 
-async fn mutate(State(state): State<WebhookState>, headers: HeaderMap, body: Bytes) -> Response {
+/// The router's state: the webhook's, and the body budget of this router.
+#[derive(Clone)]
+struct Shared {
+    state: WebhookState,
+    budget: Arc<Semaphore>,
+}
+
+async fn mutate(State(shared): State<Shared>, headers: HeaderMap, body: Body) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, bounded(&shared, &headers, body)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::debug!("admission request timed out");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("request not completed within {REQUEST_TIMEOUT:?}"),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Reserve the body's share of the budget, read it within [`BODY_READ_TIMEOUT`], answer.
+async fn bounded(shared: &Shared, headers: &HeaderMap, body: Body) -> Response {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let too_large = || {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request bodies are limited to {BODY_LIMIT} bytes"),
+        )
+            .into_response()
+    };
+    let expected = match declared {
+        Some(n) if n > BODY_LIMIT as u64 => return too_large(),
+        Some(n) => n as usize,
+        None => BODY_LIMIT,
+    };
+    // Fits in u32: BODY_LIMIT is 4 MiB.
+    let Ok(_permit) = shared.budget.acquire_many(expected.max(1) as u32).await else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    let body = match tokio::time::timeout(BODY_READ_TIMEOUT, read_body(body, expected)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(ReadError::TooLarge)) => return too_large(),
+        Ok(Err(ReadError::Broken(e))) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {e}"),
+            )
+                .into_response();
+        }
+        Err(_) => {
+            return (
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the body did not arrive within {BODY_READ_TIMEOUT:?}"),
+            )
+                .into_response();
+        }
+    };
+    answer(&shared.state, headers, body).await
+}
+
+enum ReadError {
+    TooLarge,
+    Broken(axum::Error),
+}
+
+/// The whole body, refusing more than `limit` bytes (what was reserved for it).
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ReadError> {
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::with_capacity(limit.min(BODY_LIMIT));
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(ReadError::Broken)?;
+        if buf.len() + chunk.len() > limit {
+            return Err(ReadError::TooLarge);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buf))
+}
+
+async fn answer(state: &WebhookState, headers: &HeaderMap, body: Bytes) -> Response {
     let started = Instant::now();
     let mut defer = None;
     if !state.leadership.may_allocate(started) {
@@ -101,7 +209,7 @@ async fn mutate(State(state): State<WebhookState>, headers: HeaderMap, body: Byt
     state
         .metrics
         .observe_admission(operation, outcome, started.elapsed());
-    match encode_review(&review) {
+    match encode_bounded(&review) {
         Ok(json) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
@@ -128,6 +236,37 @@ pub fn encode_review(review: &AdmissionReview<DynamicObject>) -> serde_json::Res
         *slot = Value::String(BASE64.encode(patch));
     }
     serde_json::to_vec(&value)
+}
+
+/// [`encode_review`], never larger than [`MAX_ANSWER_BYTES`]: an answer that would be is sent
+/// without its warnings and with a shortened message (by construction this does not happen).
+fn encode_bounded(review: &AdmissionReview<DynamicObject>) -> serde_json::Result<Vec<u8>> {
+    let json = encode_review(review)?;
+    if json.len() <= MAX_ANSWER_BYTES {
+        return Ok(json);
+    }
+    tracing::error!(
+        bytes = json.len(),
+        "answer larger than {MAX_ANSWER_BYTES} bytes; sending it without warnings"
+    );
+    let mut review = review.clone();
+    if let Some(resp) = review.response.as_mut() {
+        resp.warnings = None;
+        resp.result.message = clip(&resp.result.message, WARNING_MAX);
+    }
+    encode_review(&review)
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary), marked with "...".
+pub fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut cut = max.saturating_sub(3);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}...", &text[..cut])
 }
 
 /// Answer one raw review body. Returns the review plus the operation and outcome labels for metrics.
@@ -162,6 +301,18 @@ pub fn review_with(
             );
         }
     };
+    if req.uid.len() > MAX_UID_LEN {
+        // Not echoed: the apiserver never sends such a UID, and the answer stays small.
+        return (
+            AdmissionResponse::invalid(format!(
+                "request.uid is {} bytes long; at most {MAX_UID_LEN} are accepted",
+                req.uid.len()
+            ))
+            .into_review(),
+            "OTHER",
+            "invalid",
+        );
+    }
     let operation = match req.operation {
         Operation::Create => "CREATE",
         Operation::Update => "UPDATE",
@@ -172,13 +323,13 @@ pub fn review_with(
         return (base.into_review(), operation, "skipped");
     }
     let Some(object) = req.object.as_ref() else {
-        let mut resp = AdmissionResponse::invalid(format!("{operation} request has no object"));
+        let mut resp = invalid(format!("{operation} request has no object"));
         resp.uid = req.uid.clone();
         return (resp.into_review(), operation, "invalid");
     };
     let svc = svc_info(object, &req);
     let old = req.old_object.as_ref().map(|o| svc_info(o, &req));
-    let mut decision = allocator.admit(
+    let mut decision = allocator.admit_review(
         Request {
             id: &req.uid,
             svc: &svc,
@@ -223,7 +374,7 @@ fn svc_info(object: &Service, req: &AdmissionRequest<Service>) -> SvcInfo {
 fn respond(base: AdmissionResponse, decision: &Decision, present: Present) -> AdmissionResponse {
     let mut warnings: Vec<String> = decision.warnings.iter().map(|w| warning(w)).collect();
     let resp = match &decision.outcome {
-        Outcome::Denied(why) => return base.deny(why),
+        Outcome::Denied(why) => return base.deny(clip(why, MAX_MESSAGE_LEN)),
         Outcome::NoAddress(why) => {
             warnings.insert(
                 0,
@@ -250,7 +401,12 @@ fn respond(base: AdmissionResponse, decision: &Decision, present: Present) -> Ad
     with_warnings(resp, warnings)
 }
 
-fn with_warnings(mut resp: AdmissionResponse, warnings: Vec<String>) -> AdmissionResponse {
+fn with_warnings(mut resp: AdmissionResponse, mut warnings: Vec<String>) -> AdmissionResponse {
+    if warnings.len() > MAX_WARNINGS {
+        let more = warnings.len() - (MAX_WARNINGS - 1);
+        warnings.truncate(MAX_WARNINGS - 1);
+        warnings.push(warning(&format!("and {more} more warnings")));
+    }
     if !warnings.is_empty() {
         resp.warnings = Some(warnings);
     }
@@ -258,15 +414,12 @@ fn with_warnings(mut resp: AdmissionResponse, warnings: Vec<String>) -> Admissio
 }
 
 fn warning(text: &str) -> String {
-    let text = format!("kube-vip-webhook: {text}");
-    if text.len() <= WARNING_MAX {
-        return text;
-    }
-    let mut cut = WARNING_MAX - 3;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}...", &text[..cut])
+    clip(&format!("kube-vip-webhook: {text}"), WARNING_MAX)
+}
+
+/// An `invalid` answer whose message is clipped to [`MAX_MESSAGE_LEN`].
+fn invalid(message: String) -> AdmissionResponse {
+    AdmissionResponse::invalid(clip(&message, MAX_MESSAGE_LEN))
 }
 
 /// Which parts the object already has (JSON patch `add` into a missing parent fails).
@@ -327,16 +480,25 @@ fn add(tokens: &[&str], value: Value) -> PatchOperation {
 /// The body did not decode as a Service review: find out what it is, answer accordingly.
 fn not_a_service_review(body: &[u8], err: serde_json::Error) -> AdmissionReview<DynamicObject> {
     let Ok(generic) = serde_json::from_slice::<AdmissionReview<DynamicObject>>(body) else {
-        return AdmissionResponse::invalid(format!("malformed AdmissionReview: {err}"))
-            .into_review();
+        return invalid(format!("malformed AdmissionReview: {err}")).into_review();
     };
-    let uid = generic.request.as_ref().map(|r| r.uid.clone());
+    // Echoed only when it could be a real UID (the answer stays small).
+    let uid = generic
+        .request
+        .as_ref()
+        .map(|r| r.uid.clone())
+        .filter(|u| u.len() <= MAX_UID_LEN);
     match generic.try_into() {
         Ok(req) => {
             let req: AdmissionRequest<DynamicObject> = req;
-            if req.kind.group.is_empty() && req.kind.kind == "Service" {
-                let mut resp =
-                    AdmissionResponse::invalid(format!("malformed Service object: {err}"));
+            if req.uid.len() > MAX_UID_LEN {
+                invalid(format!(
+                    "request.uid is {} bytes long; at most {MAX_UID_LEN} are accepted",
+                    req.uid.len()
+                ))
+                .into_review()
+            } else if req.kind.group.is_empty() && req.kind.kind == "Service" {
+                let mut resp = invalid(format!("malformed Service object: {err}"));
                 resp.uid = req.uid.clone();
                 resp.into_review()
             } else {

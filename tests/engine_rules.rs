@@ -921,3 +921,67 @@ fn an_update_confirming_this_services_own_reservation_is_admitted() {
     );
     assert!(matches!(d.outcome, Outcome::Denied(_)), "{d:?}");
 }
+
+#[test]
+fn update_keeping_its_address_but_adding_a_clashing_port_is_denied() {
+    let a = alloc(&[("range-global", "10.0.0.1-10.0.0.9")]);
+    let pinned = |ns: &str, name: &str, ports: Value| {
+        svc(
+            ns,
+            name,
+            json!({"metadata": {"annotations": {"kube-vip.io/loadbalancerIPs": "10.0.0.1"}},
+                   "spec": {"ports": ports}}),
+        )
+    };
+    a.apply_service(&pinned(
+        "o",
+        "tls",
+        json!([{"port": 443, "protocol": "TCP"}]),
+    ));
+    let old = pinned("x", "web", json!([{"port": 80, "protocol": "TCP"}]));
+    a.apply_service(&old);
+    let upd = |new: &SvcInfo| {
+        a.admit(
+            Request {
+                id: "u",
+                svc: new,
+                old: Some(&old),
+                dry_run: true,
+            },
+            Instant::now(),
+        )
+    };
+    // Same address, a new port that another holder of the address already uses: denied,
+    // naming the other Service and the pair.
+    let clashing = pinned(
+        "x",
+        "web",
+        json!([{"port": 80, "protocol": "TCP"}, {"port": 443, "protocol": "TCP"}]),
+    );
+    match upd(&clashing).outcome {
+        Outcome::Denied(why) => {
+            assert!(why.contains("o/tls") && why.contains("TCP/443"), "{why}")
+        }
+        other => panic!("expected a denial, got {other:?}"),
+    }
+    // A new port nobody else uses on the address is fine; so is an unrelated edit.
+    let fine = pinned(
+        "x",
+        "web",
+        json!([{"port": 80, "protocol": "TCP"}, {"port": 443, "protocol": "UDP"}]),
+    );
+    assert!(matches!(upd(&fine).outcome, Outcome::Requested { .. }));
+    assert!(matches!(upd(&old).outcome, Outcome::Requested { .. }));
+}
+
+#[test]
+fn a_huge_reservation_ttl_is_clamped_instead_of_overflowing() {
+    let a = alloc_with(
+        &[("range-global", "10.0.0.1-10.0.0.2")],
+        Options::default(),
+        Confirm::ByCache { ttl: Duration::MAX },
+    );
+    let d = admit(&a, &svc("x", "a", json!({})));
+    assert_eq!(ips(&d), ["10.0.0.1"]);
+    assert_eq!(a.reservations(), 1);
+}

@@ -23,6 +23,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, PodSpec, Probe, Secret, Service, ServiceAccount,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -293,6 +294,7 @@ enum Obj {
     ClusterRoleBinding(Box<ClusterRoleBinding>),
     RoleBinding(Box<RoleBinding>),
     Pdb(Box<PodDisruptionBudget>),
+    NetworkPolicy(Box<NetworkPolicy>),
     ConfigMap(Box<ConfigMap>),
     Webhook(Box<MutatingWebhookConfiguration>),
     Issuer(Box<Issuer>),
@@ -374,6 +376,7 @@ fn typed(doc: &Doc) -> Result<Obj, String> {
         }
         ("rbac.authorization.k8s.io/v1", "RoleBinding") => Obj::RoleBinding(round_trip(v)?),
         ("policy/v1", "PodDisruptionBudget") => Obj::Pdb(round_trip(v)?),
+        ("networking.k8s.io/v1", "NetworkPolicy") => Obj::NetworkPolicy(round_trip(v)?),
         ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration") => {
             Obj::Webhook(round_trip(v)?)
         }
@@ -486,6 +489,7 @@ impl Route {
     );
     pick!(role_bindings, RoleBinding, RoleBinding);
     pick!(pdbs, Pdb, PodDisruptionBudget);
+    pick!(network_policies, NetworkPolicy, NetworkPolicy);
     pick!(webhooks, Webhook, MutatingWebhookConfiguration);
     pick!(issuers, Issuer, Issuer);
     pick!(certificates, Certificate, Certificate);
@@ -606,6 +610,52 @@ fn mebibytes(q: &str) -> Option<u64> {
 // ---------------------------------------------------------------------------------------------
 // Checks. Each returns its problems.
 
+/// One NetworkPolicy selecting the webhook pods, isolating ingress, allowing only the https port.
+fn check_network_policy(
+    r: &Route,
+    c: &Container,
+    labels: &BTreeMap<String, String>,
+) -> Vec<String> {
+    let mut p = Vec::new();
+    let Some(np) = only("NetworkPolicy", r.network_policies(), &mut p) else {
+        return p;
+    };
+    if name_of(&np.metadata) != NAME || ns_of(&np.metadata) != NAMESPACE {
+        p.push(format!("NetworkPolicy should be {NAMESPACE}/{NAME}"));
+    }
+    let Some(spec) = np.spec.as_ref() else {
+        p.push("NetworkPolicy has no spec".into());
+        return p;
+    };
+    if !selects(spec.pod_selector.as_ref(), labels) {
+        p.push("NetworkPolicy does not select the webhook pods".into());
+    }
+    if !spec.policy_types.iter().flatten().any(|t| t == "Ingress") {
+        p.push("NetworkPolicy does not isolate ingress (policyTypes lacks Ingress)".into());
+    }
+    let https = container_port(c, "https");
+    let rules = spec.ingress.clone().unwrap_or_default();
+    if rules.is_empty() {
+        p.push("NetworkPolicy allows nothing: the apiserver cannot reach the webhook".into());
+    }
+    for rule in &rules {
+        let ports = rule.ports.clone().unwrap_or_default();
+        if ports.is_empty() {
+            p.push("NetworkPolicy has an ingress rule for every port; allow https only".into());
+        }
+        for port in &ports {
+            let resolved = port.port.as_ref().and_then(|t| resolve_port(c, t));
+            if resolved != https || port.end_port.is_some() {
+                p.push(format!(
+                    "NetworkPolicy allows port {:?}; only the https port belongs there",
+                    port.port
+                ));
+            }
+        }
+    }
+    p
+}
+
 fn check_workload(r: &Route) -> Vec<String> {
     let mut p = Vec::new();
     let (Some(d), Some(svc), Some(sa), Some(pdb)) = (
@@ -700,10 +750,17 @@ fn check_workload(r: &Route) -> Vec<String> {
             if sp.port == 443 && sp.target_port == Some(IntOrString::String("https".into())) => {}
         _ => p.push("Service needs port https: 443 -> targetPort https".into()),
     }
-    match svc_port("admin") {
-        Some(sp) if sp.target_port == Some(IntOrString::String("admin".into())) => {}
-        _ => p.push("Service needs port admin -> targetPort admin (metrics scraping)".into()),
+    // The admin port (/metrics) is not for whoever can reach the Service (issue 11).
+    let admin_port = container_port(c, "admin");
+    for sp in svc_spec.ports.iter().flatten() {
+        if sp.target_port.as_ref().and_then(|t| resolve_port(c, t)) == admin_port {
+            p.push(format!(
+                "Service port {} exposes the admin port; only https belongs on the webhook Service",
+                sp.port
+            ));
+        }
     }
+    p.extend(check_network_policy(r, c, &labels));
 
     // Args and ports agree.
     let a = args(c);
@@ -1913,6 +1970,39 @@ fn checks_catch_broken_manifests() {
     let broken = |r: &Route, kind: &str, name: &str, edit: fn(&mut Value)| {
         r.mutated(kind, name, edit).unwrap()
     };
+
+    // The admin port on the webhook Service; a NetworkPolicy opening it, or every port.
+    let r = broken(&cm, "Service", NAME, |v| {
+        v["spec"]["ports"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"name": "admin", "port": 8080, "targetPort": "admin"}))
+    });
+    expect(
+        "admin on Service",
+        &r,
+        check_route(&r),
+        "exposes the admin port",
+    );
+    let r = broken(&cm, "NetworkPolicy", NAME, |v| {
+        v["spec"]["ingress"][0]["ports"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"port": 8080}))
+    });
+    expect(
+        "admin in policy",
+        &r,
+        check_route(&r),
+        "only the https port",
+    );
+    let r = broken(&cm, "NetworkPolicy", NAME, |v| {
+        v["spec"]["ingress"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("ports");
+    });
+    expect("all ports", &r, check_route(&r), "every port");
 
     // RBAC: an extra verb, a lost resourceNames restriction, a missing verb, a wildcard.
     let r = broken(&cm, "ClusterRole", NAME, |v| {

@@ -41,6 +41,32 @@ pub struct ServeArgs {
     #[arg(long, env = "KUBEVIP_WEBHOOK_SHUTDOWN_DELAY_SECONDS", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(0..=MAX_SECONDS))]
     pub shutdown_delay_seconds: u64,
+    /// Require a client certificate signed by this CA (PEM) on the webhook port: only the
+    /// apiserver, given a client certificate through its AdmissionConfiguration, can call it.
+    /// Reloaded when the file changes.
+    #[arg(long, env = "KUBEVIP_WEBHOOK_CLIENT_CA_FILE")]
+    pub client_ca_file: Option<PathBuf>,
+    /// With --client-ca-file: the client certificate's Common Name (or a DNS SAN) must be one
+    /// of these (comma-separated). Default: any certificate from the CA.
+    #[arg(
+        long,
+        env = "KUBEVIP_WEBHOOK_CLIENT_ALLOWED_NAMES",
+        requires = "client_ca_file",
+        value_delimiter = ','
+    )]
+    pub client_allowed_names: Vec<String>,
+    /// Most addresses held at once for admissions whose Service has not shown up yet, over all
+    /// namespaces (standalone: Services admitted). At the limit, new Services are admitted
+    /// without an address (the reconciler assigns one) and new requested addresses are denied.
+    #[arg(long, env = "KUBEVIP_WEBHOOK_MAX_RESERVATIONS",
+          default_value_t = crate::state::DEFAULT_MAX_RESERVATIONS as u32,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_reservations: u32,
+    /// The same per namespace, so that one namespace cannot take them all.
+    #[arg(long, env = "KUBEVIP_WEBHOOK_MAX_RESERVATIONS_PER_NAMESPACE",
+          default_value_t = crate::state::DEFAULT_MAX_RESERVATIONS_PER_NAMESPACE as u32,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_reservations_per_namespace: u32,
     /// Run without a cluster: pools from --configmap, used addresses from --services plus what
     /// this process hands out. Without TLS files a self-signed certificate is generated.
     #[arg(long)]
@@ -51,8 +77,9 @@ pub struct ServeArgs {
     /// With --standalone: existing Services (their addresses count as used). Repeatable.
     #[arg(long, requires = "standalone")]
     pub services: Vec<PathBuf>,
-    /// With --standalone and no TLS files: where the generated certificate goes
-    /// (default: a new directory under the system temp dir).
+    /// With --standalone and no TLS files: where the generated certificate goes (created 0700
+    /// if missing; refused if a symlink or writable by others). Default: a new private
+    /// directory under the system temp dir.
     #[arg(long, requires = "standalone")]
     pub cert_dir: Option<PathBuf>,
     #[command(flatten)]
@@ -145,6 +172,18 @@ impl ServeArgs {
             admin_listen: self.admin_listen,
             options: self.allocation.options(Family::V4),
             shutdown_delay: secs(self.shutdown_delay_seconds),
+            client_auth: self
+                .client_ca_file
+                .as_ref()
+                .map(|ca_file| crate::tls::ClientAuth {
+                    ca_file: ca_file.clone(),
+                    allowed_names: self.client_allowed_names.clone(),
+                }),
+            quotas: crate::state::Quotas {
+                reservations: self.max_reservations as usize,
+                per_namespace: self.max_reservations_per_namespace as usize,
+                ..crate::state::Quotas::default()
+            },
         }
     }
 

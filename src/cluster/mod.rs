@@ -94,13 +94,16 @@ pub async fn start_with_client(
         Some(f) => f,
         None => crate::live::primary_family(&client).await,
     };
-    let allocator = Arc::new(Allocator::new(
-        options,
-        Confirm::ByCache {
-            ttl: settings.reservation_ttl,
-        },
-        settings.config_ref(),
-    ));
+    let allocator = Arc::new(
+        Allocator::new(
+            options,
+            Confirm::ByCache {
+                ttl: settings.reservation_ttl,
+            },
+            settings.config_ref(),
+        )
+        .with_quotas(settings.serve.quotas),
+    );
     let metrics = Arc::new(Metrics::new(allocator.clone()));
     let (tls, ca) = match &settings.certs {
         Certs::Files { cert, key, ca } => {

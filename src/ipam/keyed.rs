@@ -221,33 +221,37 @@ impl<K: Hash + Eq + Clone> KeyedRuns<K> {
         }
     }
 
-    /// The first used, allocatable address of `pool` in search order that carries none of
-    /// `blocked`. Each step jumps past a whole run of one blocked key; with one key the first
-    /// address after a run is already the answer (or there is none).
+    /// The first used, allocatable address of `pool` in search order that carries none of the
+    /// blocked keys; `blocking(ip)` names the blocked keys a used address carries (the caller
+    /// knows its holders). Each step jumps past the longest run, among those keys, containing
+    /// the address; with one blocked key the first address after a run is already the answer.
+    /// A step costs what the address carries, not the number of blocked keys.
     pub fn first_without(
         &self,
         used: &UsedAddrs,
         pool: &AddressSet,
         order: SearchOrder,
-        blocked: &[K],
+        blocking: impl Fn(IpAddr) -> Vec<K>,
     ) -> Option<IpAddr> {
         let family = pool.family();
-        let sets: Vec<&BTreeMap<u128, u128>> = blocked
-            .iter()
-            .filter_map(|k| self.keys.get(k))
-            .map(|f| f.runs(family))
-            .filter(|r| !r.is_empty())
-            .collect();
+        // The runs of the blocked keys `v` carries, containing `v`.
+        let runs_at = |v: u128| -> Vec<(u128, u128)> {
+            blocking(from_u128(family, v))
+                .iter()
+                .filter_map(|k| self.keys.get(k))
+                .filter_map(|f| containing(f.runs(family), v))
+                .collect()
+        };
         let found = match order {
             SearchOrder::Ascending => pool
                 .raw_intervals()
                 .iter()
-                .find_map(|&(s, e)| first_up(used, family, &sets, s, e)),
+                .find_map(|&(s, e)| first_up(used, family, &runs_at, s, e)),
             SearchOrder::Descending => pool
                 .raw_intervals()
                 .iter()
                 .rev()
-                .find_map(|&(s, e)| first_down(used, family, &sets, s, e)),
+                .find_map(|&(s, e)| first_down(used, family, &runs_at, s, e)),
         };
         found.map(|v| from_u128(family, v))
     }
@@ -304,31 +308,17 @@ impl<K: Hash + Eq + Clone> KeyedRuns<K> {
     }
 }
 
-fn blocked_end(sets: &[&BTreeMap<u128, u128>], v: u128) -> Option<u128> {
-    sets.iter()
-        .filter_map(|r| containing(r, v))
-        .map(|(_, e)| e)
-        .max()
-}
-
-fn blocked_start(sets: &[&BTreeMap<u128, u128>], v: u128) -> Option<u128> {
-    sets.iter()
-        .filter_map(|r| containing(r, v))
-        .map(|(s, _)| s)
-        .min()
-}
-
 fn first_up(
     used: &UsedAddrs,
     family: Family,
-    sets: &[&BTreeMap<u128, u128>],
+    runs_at: &impl Fn(u128) -> Vec<(u128, u128)>,
     s: u128,
     e: u128,
 ) -> Option<u128> {
     let mut c = s;
     loop {
         let v = used.next_allocatable_from(family, c).filter(|&v| v <= e)?;
-        match blocked_end(sets, v) {
+        match runs_at(v).iter().map(|&(_, end)| end).max() {
             None => return Some(v),
             Some(end) if end >= e => return None,
             Some(end) => c = end + 1,
@@ -339,14 +329,14 @@ fn first_up(
 fn first_down(
     used: &UsedAddrs,
     family: Family,
-    sets: &[&BTreeMap<u128, u128>],
+    runs_at: &impl Fn(u128) -> Vec<(u128, u128)>,
     s: u128,
     e: u128,
 ) -> Option<u128> {
     let mut c = e;
     loop {
         let v = used.prev_allocatable_to(family, c).filter(|&v| v >= s)?;
-        match blocked_start(sets, v) {
+        match runs_at(v).iter().map(|&(start, _)| start).min() {
             None => return Some(v),
             Some(start) if start <= s => return None,
             Some(start) => c = start - 1,

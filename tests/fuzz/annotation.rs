@@ -5,7 +5,6 @@
 
 use std::collections::HashSet;
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use kube_vip_webhook::config::Config;
 use kube_vip_webhook::engine::{Options, Outcome, View, decide};
@@ -249,14 +248,7 @@ fn check(
         if !ip.is_unspecified() && !ips.contains(&ip) {
             ips.push(ip);
         }
-        index.set_holder(
-            Holder {
-                id,
-                label: label.into(),
-                ports: Arc::from(port_keys(ports)),
-            },
-            &ips,
-        );
+        index.set_holder(Holder::new(id, label, &port_keys(ports)), &ips);
     }
     // The old object requested the same, or nothing.
     let old = c.old_same.map(|same| {
@@ -280,6 +272,13 @@ fn check(
         me: std::slice::from_ref(&me),
     };
     let d = decide(&s, old.as_ref(), &view);
+    // What no Service can carry (ports out of range, too many addresses or ports) is denied
+    // as such, before anything else is looked at.
+    if let Some(why) = kube_vip_webhook::engine::check_bounds(&s, &options) {
+        prop_assert_eq!(&d.outcome, &Outcome::Denied(why));
+        tally.exec(d.outcome.label());
+        return Ok(());
+    }
     let Some(req) = req.filter(|_| s.load_balancer) else {
         prop_assert!(
             !matches!(d.outcome, Outcome::Requested { .. } | Outcome::Denied(_)),
@@ -311,7 +310,7 @@ fn check(
                 for ip in ips.iter().filter(|ip| !ip.is_unspecified()) {
                     for h in index.holders(*ip).iter().filter(|h| h.id != me) {
                         prop_assert!(
-                            port_clash(&s.ports, &h.ports).is_none(),
+                            port_clash(&s.ports, h.ports()).is_none(),
                             "{} admitted although {} holds it on clashing ports",
                             ip,
                             h.label
@@ -332,25 +331,31 @@ fn check(
             );
         }
         Outcome::Denied(why) => {
-            let bad_entry = not_ips.iter().any(|e| {
-                why.contains(&format!(
-                    "entry {e:?} is neither an IP address nor a DNS name"
-                ))
-            });
+            // Long entries are shortened in messages ("..."): their start must be named.
+            let bad_entry = why.contains("is neither an IP address nor a DNS name")
+                && not_ips.iter().any(|e| {
+                    let quoted = format!("{e:?}");
+                    let start: String = quoted.chars().take(24).collect();
+                    why.contains(&quoted) || why.contains(&start)
+                });
             let clash = !unchanged
                 && ips.iter().any(|ip| {
                     index.holders(*ip).iter().any(|h| {
                         h.id != me
-                            && port_clash(&s.ports, &h.ports).is_some()
+                            && port_clash(&s.ports, h.ports()).is_some()
                             && why.contains(&format!(
                                 "address {ip} is already used by Service {}",
                                 h.label
                             ))
                     })
                 });
+            // A Service has at most one address per family (engine bound).
+            let families = |v4: bool| ips.iter().filter(|ip| ip.is_ipv4() == v4).count();
+            let per_family = (families(true) > 1 || families(false) > 1)
+                && why.contains("a Service has at most one address per family");
             prop_assert!(
-                bad_entry || clash,
-                "denied without naming a bad entry or a real clash: {}",
+                bad_entry || clash || per_family,
+                "denied without naming a bad entry, a real clash or two addresses of one family: {}",
                 why
             );
         }

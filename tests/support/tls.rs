@@ -125,3 +125,55 @@ impl SecretVolume {
         std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
     }
 }
+
+/// A client certificate (and key, PEM) with Common Name `cn`, signed by a CA made on the spot;
+/// returns (CA PEM, certificate PEM, key PEM).
+pub fn client_identity(cn: &str) -> (String, String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name
+        .push(DnType::CommonName, "test client CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (ca_pem, cert.pem(), key.serialize_pem())
+}
+
+/// [`https_client`] presenting a client certificate (PEM certificate and key).
+pub fn https_client_with_identity(
+    ca_pem: &str,
+    addr: SocketAddr,
+    cert_pem: &str,
+    key_pem: &str,
+) -> reqwest::Client {
+    install_provider();
+    let identity = reqwest::Identity::from_pem(format!("{cert_pem}{key_pem}").as_bytes()).unwrap();
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .identity(identity)
+        .resolve(SERVER_NAME, addr)
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
+/// An HTTP/2 client trusting `ca_pem` that keeps its connection (like the apiserver's).
+pub fn https_client_keepalive(ca_pem: &str, addr: SocketAddr) -> reqwest::Client {
+    install_provider();
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .resolve(SERVER_NAME, addr)
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+}
