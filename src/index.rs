@@ -1,7 +1,8 @@
 //! The cluster-wide view of used addresses (SPEC 4.1): address -> holders.
 //!
-//! Holders are Services (from the cache, a Services file, or admitted in standalone mode) and
-//! reservations (admission answers not yet seen in the cache). Updated incrementally: applying a
+//! Holders are Services (from the cache, a Services file, or admitted in standalone mode),
+//! reservations (admission answers not yet seen in the cache) and addresses the network already
+//! uses (nodes, the API endpoint: `HolderId::Reserved`). Updated incrementally: applying a
 //! Service replaces only that Service's entries, so nothing ever rescans all Services.
 
 use std::collections::HashMap;
@@ -83,6 +84,10 @@ pub enum HolderId {
     Service(ServiceKey),
     /// An admission answer or reconciler write not yet confirmed by the cache, by request id.
     Reservation(Arc<str>),
+    /// An address the network already uses (a node's, the API endpoint's), by its owner's
+    /// description (`node worker-1's InternalIP`, see `reserved`). Has no ports: it clashes
+    /// with every port, so sharing never picks it.
+    Reserved(Arc<str>),
 }
 
 #[derive(Clone, Debug)]

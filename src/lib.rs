@@ -20,6 +20,7 @@ pub mod leadership;
 pub mod live;
 pub mod metrics;
 pub mod plan;
+pub mod reserved;
 pub mod private_files;
 pub mod serve;
 pub mod server;

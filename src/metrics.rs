@@ -43,6 +43,23 @@ pub struct PoolStat {
     pub used: u128,
 }
 
+/// Series of `pool_reserved_address` (one per reserved address inside a pool, naming it and
+/// its owner) at most: a pool laid over the node subnet of a large cluster would otherwise add
+/// one series per node. The count per pool (`pool_reserved_addresses`) is always complete, and
+/// `status` lists every one.
+pub const MAX_NAMED_RESERVED: usize = 64;
+
+/// An address the network already uses (a node's, the API endpoint's) inside a pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReservedStat {
+    pub pool: String,
+    /// `"IPv4"` or `"IPv6"`.
+    pub family: &'static str,
+    pub address: String,
+    /// What it is: `node worker-1's InternalIP`.
+    pub owner: String,
+}
+
 /// Allocator state read at scrape time. Implemented by the allocator state.
 pub trait StatsSource: Send + Sync + 'static {
     /// Every configured pool.
@@ -53,6 +70,10 @@ pub trait StatsSource: Send + Sync + 'static {
     fn config_errors(&self) -> usize;
     /// Whether the configuration (ConfigMap) exists.
     fn config_present(&self) -> bool;
+    /// Reserved addresses inside pools, sorted by pool and address (never handed out).
+    fn reserved_in_pools(&self) -> Vec<ReservedStat> {
+        Vec::new()
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -288,6 +309,55 @@ fn pool_gauge(
     Ok(())
 }
 
+/// `pool_reserved_addresses` for every pool and family (0 included: an alert can tell "none"
+/// from "not exported"), and `pool_reserved_address` naming the first [`MAX_NAMED_RESERVED`].
+fn reserved_gauges(
+    encoder: &mut DescriptorEncoder,
+    pools: &[PoolStat],
+    reserved: &[ReservedStat],
+) -> fmt::Result {
+    if !pools.is_empty() {
+        let mut metric = encoder.encode_descriptor(
+            "pool_reserved_addresses",
+            "Addresses of the pool the network already uses (nodes, the API endpoint); never handed out.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for p in pools {
+            let n = reserved
+                .iter()
+                .filter(|r| r.pool == p.pool && r.family == p.family)
+                .count();
+            let labels = [("pool", p.pool.as_str()), ("family", p.family)];
+            metric
+                .encode_family(&labels)?
+                .encode_gauge(&u64::try_from(n).unwrap_or(u64::MAX))?;
+        }
+    }
+    if reserved.is_empty() {
+        return Ok(());
+    }
+    let help = format!(
+        "1 for an address of the pool the network already uses, naming it and what it is \
+         (at most {MAX_NAMED_RESERVED} series)."
+    );
+    let mut metric = encoder.encode_descriptor(
+        "pool_reserved_address",
+        &help,
+        None,
+        MetricType::Gauge,
+    )?;
+    for r in reserved.iter().take(MAX_NAMED_RESERVED) {
+        let labels = [
+            ("pool", r.pool.as_str()),
+            ("address", r.address.as_str()),
+            ("owner", r.owner.as_str()),
+        ];
+        metric.encode_family(&labels)?.encode_gauge(&1u64)?;
+    }
+    Ok(())
+}
+
 fn plain_gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
     encoder
         .encode_descriptor(name, help, None, MetricType::Gauge)?
@@ -318,6 +388,7 @@ impl Collector for StatsCollector {
             &pools,
             |p| p.size.saturating_sub(p.used),
         )?;
+        reserved_gauges(&mut encoder, &pools, &self.0.reserved_in_pools())?;
         let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
         plain_gauge(
             &mut encoder,
