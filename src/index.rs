@@ -443,6 +443,41 @@ mod tests {
     }
 
     #[test]
+    fn a_reserved_holder_is_used_and_clashes_with_every_port() {
+        let pool =
+            AddressSet::from_ranges(crate::ipam::Family::V4, &[(ip("10.0.0.1"), ip("10.0.0.3"))]);
+        let mut idx = UsedIndex::new();
+        let node = Holder::new(
+            HolderId::Reserved("node n's InternalIP".into()),
+            "node n's InternalIP",
+            &[],
+        );
+        idx.set_holder(node, &[ip("10.0.0.1")]);
+        idx.apply_service(&lb("ns", "web", "10.0.0.2"));
+        assert_eq!(
+            crate::ipam::next_free(&pool, idx.addrs(), SearchOrder::Ascending),
+            Some(ip("10.0.0.3"))
+        );
+        // Whatever the ports, only the Service's address can be shared.
+        for ports in [
+            vec![port(443, Protocol::Tcp)],
+            vec![port(53, Protocol::Udp)],
+        ] {
+            assert_eq!(
+                idx.first_shareable(&pool, SearchOrder::Ascending, &ports),
+                Some(ip("10.0.0.2"))
+            );
+        }
+        check(&idx);
+        // Gone, the address is free again.
+        idx.remove_holder(&HolderId::Reserved("node n's InternalIP".into()));
+        assert_eq!(
+            crate::ipam::next_free(&pool, idx.addrs(), SearchOrder::Ascending),
+            Some(ip("10.0.0.1"))
+        );
+    }
+
+    #[test]
     fn holders_with_huge_port_lists_are_never_shared_automatically() {
         let pool = AddressSet::from_ranges(
             crate::ipam::Family::V4,

@@ -341,12 +341,8 @@ fn reserved_gauges(
         "1 for an address of the pool the network already uses, naming it and what it is \
          (at most {MAX_NAMED_RESERVED} series)."
     );
-    let mut metric = encoder.encode_descriptor(
-        "pool_reserved_address",
-        &help,
-        None,
-        MetricType::Gauge,
-    )?;
+    let mut metric =
+        encoder.encode_descriptor("pool_reserved_address", &help, None, MetricType::Gauge)?;
     for r in reserved.iter().take(MAX_NAMED_RESERVED) {
         let labels = [
             ("pool", r.pool.as_str()),

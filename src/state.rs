@@ -26,12 +26,12 @@ use crate::service::{ServiceKey, SvcInfo};
 
 use prepare::{Prepared, at_quota, prepare};
 use quota::Usage;
-pub use reserved::{ReservedChange, ReservedConflict};
 pub use quota::{
     DEFAULT_MAX_RESERVATIONS, DEFAULT_MAX_RESERVATIONS_PER_NAMESPACE, FREE_PORT_ENTRIES,
     MAX_HELD_FROM_REVIEW, MAX_RESERVATION_TTL, MAX_RESERVED_PORT_ENTRIES, MIN_RESERVATION_TTL,
     Quotas,
 };
+pub use reserved::{ReservedChange, ReservedConflict};
 
 /// How admitted addresses become permanent holders.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use kube_vip_webhook::config::{Config, Exclusion};
 use kube_vip_webhook::engine::{Decision, Options, Outcome};
 use kube_vip_webhook::reserved::{InPool, Source, SourceKind, objects};
 use kube_vip_webhook::service::SvcInfo;
-use kube_vip_webhook::state::{Allocator, Confirm, ReservedConflict, Request};
+use kube_vip_webhook::state::{Allocator, Confirm, Request, ReservedConflict};
 use serde_json::{Value, json};
 
 fn alloc(pairs: &[(&str, &str)]) -> Allocator {
@@ -157,7 +157,10 @@ fn node_addresses_are_never_handed_out_and_pinning_one_is_denied_naming_the_node
         ),
     );
     assert!(change.changed && !change.freed && change.conflicts.is_empty());
-    assert_eq!(drain(&a, "web"), ["10.0.0.1", "10.0.0.3", "10.0.0.5", "10.0.0.6"]);
+    assert_eq!(
+        drain(&a, "web"),
+        ["10.0.0.1", "10.0.0.3", "10.0.0.5", "10.0.0.6"]
+    );
 
     let b = alloc(&[("range-global", "10.0.0.1-10.0.0.6")]);
     set_node(&b, &node("worker-1", &[("InternalIP", "10.0.0.2")]));
@@ -171,10 +174,15 @@ fn node_addresses_are_never_handed_out_and_pinning_one_is_denied_naming_the_node
     set_node(&b, &node("edge", &[("ExternalIP", "203.0.113.9")]));
     let d = admit(
         &b,
-        &svc("web", "old", json!({"spec": {"loadBalancerIP": "203.0.113.9"}})),
+        &svc(
+            "web",
+            "old",
+            json!({"spec": {"loadBalancerIP": "203.0.113.9"}}),
+        ),
     );
     assert!(
-        denied(&d).starts_with("spec.loadBalancerIP: address 203.0.113.9 is node edge's ExternalIP"),
+        denied(&d)
+            .starts_with("spec.loadBalancerIP: address 203.0.113.9 is node edge's ExternalIP"),
         "{d:?}"
     );
     // Outside every pool it is still refused: the network uses it wherever it is.
@@ -184,11 +192,18 @@ fn node_addresses_are_never_handed_out_and_pinning_one_is_denied_naming_the_node
 #[test]
 fn sharing_never_picks_a_reserved_address() {
     // Every address of the pool is held: one by a Service on 80/TCP, one by a node.
-    let a = alloc(&[("range-global", "10.0.0.1-10.0.0.2"), ("allow-share-global", "true")]);
+    let a = alloc(&[
+        ("range-global", "10.0.0.1-10.0.0.2"),
+        ("allow-share-global", "true"),
+    ]);
     set_node(&a, &node("n", &[("InternalIP", "10.0.0.1")]));
     assert_eq!(ips(&admit(&a, &svc("web", "a", json!({})))), ["10.0.0.2"]);
     // A Service on another port shares the Service's address, never the node's.
-    let other = svc("web", "b", json!({"spec": {"ports": [{"port": 443, "protocol": "TCP"}]}}));
+    let other = svc(
+        "web",
+        "b",
+        json!({"spec": {"ports": [{"port": 443, "protocol": "TCP"}]}}),
+    );
     let d = admit(&a, &other);
     assert!(
         matches!(&d.outcome, Outcome::Allocated { shared: true, .. }),
@@ -196,9 +211,16 @@ fn sharing_never_picks_a_reserved_address() {
     );
     assert_eq!(ips(&d), ["10.0.0.2"]);
     // And nothing else: the node's address clashes with every port.
-    let third = svc("web", "c", json!({"spec": {"ports": [{"port": 8443, "protocol": "UDP"}]}}));
+    let third = svc(
+        "web",
+        "c",
+        json!({"spec": {"ports": [{"port": 8443, "protocol": "UDP"}]}}),
+    );
     assert_eq!(ips(&admit(&a, &third)), ["10.0.0.2"]);
-    let a = alloc(&[("range-global", "10.0.0.1-10.0.0.1"), ("allow-share-global", "true")]);
+    let a = alloc(&[
+        ("range-global", "10.0.0.1-10.0.0.1"),
+        ("allow-share-global", "true"),
+    ]);
     set_node(&a, &node("n", &[("InternalIP", "10.0.0.1")]));
     assert!(matches!(
         admit(&a, &svc("web", "x", json!({}))).outcome,
@@ -213,8 +235,7 @@ fn the_api_endpoint_from_cluster_info_and_endpoint_slices() {
     a.set_reserved(source, holdings);
     let (source, holdings) = objects::endpoint_slice(&slice(&["10.0.0.2", "10.0.0.3"]));
     a.set_reserved(source, holdings);
-    let (source, holdings) =
-        objects::cluster_info(Some(&cluster_info("https://[fd00::1]:6443")));
+    let (source, holdings) = objects::cluster_info(Some(&cluster_info("https://[fd00::1]:6443")));
     // A second read replaces the first: 10.0.0.1 is free again, fd00::1 reserved.
     let change = a.set_reserved(source, holdings);
     assert!(change.freed);
@@ -277,7 +298,10 @@ fn exclusions_from_keys_and_the_flag_are_subtracted_and_denied_naming_their_sour
     let stats = a.pool_stats();
     assert_eq!(stats[0].size, 15 - 3, "{stats:?}");
     // A CIDR exclusion covering the whole pool: nothing left, and said so.
-    let all = alloc_excluding(&[("range-global", "10.1.0.1-10.1.0.9")], Some("10.1.0.0/16"));
+    let all = alloc_excluding(
+        &[("range-global", "10.1.0.1-10.1.0.9")],
+        Some("10.1.0.0/16"),
+    );
     let d = admit(&all, &svc("web", "x", json!({})));
     match d.outcome {
         Outcome::NoAddress(why) => assert!(
@@ -297,7 +321,11 @@ fn an_excluded_address_a_service_holds_is_never_shared() {
     ]);
     // Pinned before the exclusion existed (it is only a Service in the cache now).
     a.apply_service(&pinned("web", "old", "10.0.0.1"));
-    let other = svc("web", "b", json!({"spec": {"ports": [{"port": 443, "protocol": "TCP"}]}}));
+    let other = svc(
+        "web",
+        "b",
+        json!({"spec": {"ports": [{"port": 443, "protocol": "TCP"}]}}),
+    );
     assert_eq!(ips(&admit(&a, &other)), ["10.0.0.2"]);
 }
 
@@ -309,7 +337,10 @@ fn a_node_address_that_changes_or_disappears_becomes_free() {
     // The node's address changes: the old one is free (waiting Services may get it).
     let change = set_node(&a, &node("w", &[("InternalIP", "10.0.0.9")]));
     assert!(change.changed && change.freed);
-    assert_eq!(ips(&admit(&a, &svc("web", "late", json!({})))), ["10.0.0.1"]);
+    assert_eq!(
+        ips(&admit(&a, &svc("web", "late", json!({})))),
+        ["10.0.0.1"]
+    );
     assert_eq!(a.holders_of(ip("10.0.0.9")), ["node w's InternalIP"]);
     // The same status again changes nothing.
     assert_eq!(
@@ -335,7 +366,10 @@ fn a_relist_drops_nodes_no_longer_listed_and_a_service_relist_keeps_reserved_one
     // A relist of Services rebuilds the index: reserved holders stay.
     a.reset_services(&[pinned("web", "s", "10.0.0.5")]);
     assert_eq!(a.holders_of(ip("10.0.0.2")), ["node kept's InternalIP"]);
-    assert_eq!(drain(&a, "web").first().map(String::as_str), Some("10.0.0.1"));
+    assert_eq!(
+        drain(&a, "web").first().map(String::as_str),
+        Some("10.0.0.1")
+    );
     // Another kind's relist leaves nodes alone.
     a.reset_reserved(SourceKind::EndpointSlice, Vec::new());
     assert_eq!(a.holders_of(ip("10.0.0.2")), ["node kept's InternalIP"]);
@@ -379,9 +413,15 @@ fn a_node_added_on_a_service_address_is_a_conflict_and_nothing_moves() {
     );
     assert!(matches!(d.outcome, Outcome::Requested { .. }), "{d:?}");
     // A second node on it is reported again (another owner); the same status is not.
-    assert!(set_node(&a, &node("late", &[("InternalIP", "10.0.0.1")])).conflicts.is_empty());
+    assert!(
+        set_node(&a, &node("late", &[("InternalIP", "10.0.0.1")]))
+            .conflicts
+            .is_empty()
+    );
     assert_eq!(
-        set_node(&a, &node("twin", &[("ExternalIP", "10.0.0.1")])).conflicts.len(),
+        set_node(&a, &node("twin", &[("ExternalIP", "10.0.0.1")]))
+            .conflicts
+            .len(),
         1
     );
 }
@@ -394,7 +434,13 @@ fn pools_containing_reserved_addresses_are_listed_with_owners() {
         ("exclude-web", "10.0.1.5"),
     ]);
     set_node(&a, &node("a", &[("InternalIP", "10.0.0.10")]));
-    set_node(&a, &node("b", &[("InternalIP", "10.0.1.5"), ("ExternalIP", "10.0.1.6")]));
+    set_node(
+        &a,
+        &node(
+            "b",
+            &[("InternalIP", "10.0.1.5"), ("ExternalIP", "10.0.1.6")],
+        ),
+    );
     set_node(&a, &node("c", &[("InternalIP", "192.168.0.1")]));
     let want = |pool: &str, addr: &str, owner: &str| InPool {
         pool: pool.into(),
@@ -411,11 +457,18 @@ fn pools_containing_reserved_addresses_are_listed_with_owners() {
     );
     let all = a.reserved_addresses();
     assert_eq!(all.len(), 4);
-    let c = all.iter().find(|r| r.owner == "node c's InternalIP").unwrap();
+    let c = all
+        .iter()
+        .find(|r| r.owner == "node c's InternalIP")
+        .unwrap();
     assert!(c.pools.is_empty());
     let b = all.iter().find(|r| r.address == ip("10.0.1.6")).unwrap();
     assert_eq!(b.pools, ["range-web"]);
     // The pool's used count includes them (they are not free).
-    let web = a.pool_stats().into_iter().find(|p| p.pool == "range-web").unwrap();
+    let web = a
+        .pool_stats()
+        .into_iter()
+        .find(|p| p.pool == "range-web")
+        .unwrap();
     assert_eq!((web.size, web.used), (8, 1));
 }

@@ -47,6 +47,8 @@ pub struct Context {
     listing: Mutex<Vec<SvcInfo>>,
     /// Last AllocationFailed reason per Service, so a retry that fails the same way is quiet.
     last_failure: Mutex<HashMap<ObjectRef<Service>, String>>,
+    /// Addresses the network already uses: sync state and what was reported (`infra.rs`).
+    pub(super) infra: super::infra::Infra,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -84,6 +86,7 @@ impl Context {
             reported_clashes: Mutex::default(),
             listing: Mutex::default(),
             last_failure: Mutex::default(),
+            infra: super::infra::Infra::default(),
         }
     }
 
@@ -128,6 +131,15 @@ impl Context {
         publish(&self.recorder, &self.metrics, reference, ev).await;
     }
 
+    /// [`Context::event`] without waiting for it (from the watch callbacks).
+    pub(super) fn spawn_event(&self, reference: ObjectReference, ev: Event) {
+        if !self.leadership.is_leader(Instant::now()) {
+            return;
+        }
+        let (recorder, metrics) = (self.recorder.clone(), self.metrics.clone());
+        tokio::spawn(async move { publish(&recorder, &metrics, &reference, ev).await });
+    }
+
     /// A ConfigMap change (or its absence): parse once, swap, report, wake waiters.
     pub async fn config_changed(&self, cm: Option<&ConfigMap>) {
         let config = parse_config(cm);
@@ -169,6 +181,8 @@ impl Context {
             };
             self.event(&cm.object_ref(&()), ev).await;
         }
+        // What the pools contain of the addresses the network uses may have changed.
+        self.infra.report_pools(self).await;
         self.wake_waiting();
     }
 
@@ -191,6 +205,7 @@ impl Context {
                     self.wake_waiting();
                 }
                 self.check_clashes(&info);
+                self.infra.service_applied(self, &info);
             }
             watcher::Event::Delete(svc) => {
                 let key = SvcInfo::from_service(svc).key();
@@ -272,12 +287,16 @@ pub fn truncated(mut s: String) -> String {
     s
 }
 
-/// Both caches synced: this replica knows every used address. Drives readiness (never again
+/// Every cache synced (Services, the ConfigMap, the addresses the network uses): this replica
+/// knows every used address. Drives readiness (never again
 /// once stopping began) and lets the leadership allocate.
 #[derive(Clone)]
 pub struct Synced {
     services: Arc<AtomicBool>,
     config: Arc<AtomicBool>,
+    /// Nodes, the kubernetes EndpointSlices and cluster-info read once (`infra.rs`): never
+    /// ready (so never allocating) before every address the network uses is known.
+    infra: Arc<AtomicBool>,
     readiness: Readiness,
     leadership: Leadership,
     stopping: CancellationToken,
@@ -288,6 +307,7 @@ impl Synced {
         Synced {
             services: Arc::default(),
             config: Arc::default(),
+            infra: Arc::default(),
             readiness,
             leadership,
             stopping,
@@ -304,8 +324,15 @@ impl Synced {
         self.update();
     }
 
+    pub fn infra_synced(&self) {
+        self.infra.store(true, Ordering::SeqCst);
+        self.update();
+    }
+
     fn update(&self) {
-        let ready = self.services.load(Ordering::SeqCst) && self.config.load(Ordering::SeqCst);
+        let ready = [&self.services, &self.config, &self.infra]
+            .iter()
+            .all(|f| f.load(Ordering::SeqCst));
         if !ready {
             return;
         }

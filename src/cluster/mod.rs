@@ -3,10 +3,12 @@
 //!
 //! One watch over all Services feeds both the used-address index (incrementally, so admission
 //! never scans) and the reconciler; one watch over the pool ConfigMap re-parses it only when it
-//! changes. Every replica keeps the caches and answers admissions; only the one the
-//! [`Leadership`] allows allocates, the others forward to it.
+//! changes; Nodes, the `kubernetes` EndpointSlices and `kube-public/cluster-info` give the
+//! addresses the network already uses (`infra`). Every replica keeps the caches and answers
+//! admissions; only the one the [`Leadership`] allows allocates, the others forward to it.
 
 pub mod context;
+pub mod infra;
 mod lease;
 pub mod reconciler;
 mod watches;
@@ -191,6 +193,7 @@ pub async fn start_with_client(
         synced.clone(),
         stop.clone(),
     ));
+    running.spawn(infra::run(ctx.clone(), synced.clone(), stop.clone()));
     running.spawn(reconciler::run(ctx, synced, stop.shutdown.clone()));
     let (alloc, token) = (allocator, stop.shutdown);
     running.spawn(async move {

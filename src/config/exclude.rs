@@ -195,6 +195,60 @@ mod tests {
     }
 
     #[test]
+    fn configmap_keys_add_up_per_namespace_and_bad_entries_are_reported() {
+        let data: std::collections::BTreeMap<String, String> = [
+            ("cidr-global", "10.0.0.0/29"),
+            ("exclude-global", "10.0.0.1"),
+            ("exclude-web", "10.0.0.2, bad"),
+            ("exclude-Web", "10.0.0.3"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let mut c = super::super::Config::from_data(&data);
+        let errors: Vec<String> = c.errors().iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].starts_with("exclude-Web: \"Web\" is not a valid namespace name"));
+        assert!(errors[1].starts_with("exclude-web: entry \"bad\": not an address"));
+        let sources = |c: &super::super::Config, ns: &str| -> Vec<String> {
+            c.exclusions_for(ns).map(|e| e.source.clone()).collect()
+        };
+        assert_eq!(
+            sources(&c, "web"),
+            ["ConfigMap key exclude-global", "ConfigMap key exclude-web"]
+        );
+        assert_eq!(sources(&c, "api"), ["ConfigMap key exclude-global"]);
+        assert_eq!(sources(&c, "global"), ["ConfigMap key exclude-global"]);
+        assert_eq!(
+            c.excluded("web", ip("10.0.0.2")).map(|e| e.source.as_str()),
+            Some("ConfigMap key exclude-web")
+        );
+        assert!(c.excluded("api", ip("10.0.0.2")).is_none());
+        c.set_operator_exclusion(Some(Exclusion::parse("--exclude", "10.0.0.4").0));
+        assert_eq!(
+            sources(&c, "api"),
+            ["ConfigMap key exclude-global", "--exclude"]
+        );
+        let pool = c
+            .pool_for("web")
+            .and_then(|p| p.family(Family::V4))
+            .cloned();
+        let Some(super::super::FamilyPool::Set(set)) = pool else {
+            panic!("{pool:?}")
+        };
+        assert_eq!(
+            c.without_excluded("web", &set).to_string(),
+            "10.0.0.0, 10.0.0.3, 10.0.0.5-10.0.0.7"
+        );
+        // Nothing applies: the pool itself, not a copy.
+        let bare = super::super::Config::default();
+        assert!(matches!(
+            bare.without_excluded("web", &set),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
     fn cidrs_are_excluded_whole() {
         // No skip-end, no DHCP meaning: the ends of a CIDR and 0.0.0.0 are excluded too.
         let (e, _) = Exclusion::parse("k", "10.0.0.0/24,0.0.0.0/32");

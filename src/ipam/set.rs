@@ -511,7 +511,11 @@ mod tests {
         // Address by address: in the pool and not cut.
         for v in to_u128(ip("9.255.255.0"))..=to_u128(ip("10.0.1.10")) {
             let a = from_u128(Family::V4, v);
-            assert_eq!(left.contains(a), pool.contains(a) && !cut.contains(a), "{a}");
+            assert_eq!(
+                left.contains(a),
+                pool.contains(a) && !cut.contains(a),
+                "{a}"
+            );
         }
         assert_eq!(pool.minus(&pool).to_string(), "(empty)");
         assert_eq!(pool.minus(&AddressSet::empty(Family::V4)), pool);

@@ -49,7 +49,11 @@ pub fn node(node: &Node) -> (Source, Vec<Holding>) {
 /// An EndpointSlice of the `kubernetes` Service: the apiservers' own addresses.
 pub fn endpoint_slice(slice: &EndpointSlice) -> (Source, Vec<Holding>) {
     let name = slice.metadata.name.clone().unwrap_or_default();
-    let namespace = slice.metadata.namespace.as_deref().unwrap_or(KUBERNETES_NAMESPACE);
+    let namespace = slice
+        .metadata
+        .namespace
+        .as_deref()
+        .unwrap_or(KUBERNETES_NAMESPACE);
     let ips: Vec<IpAddr> = slice
         .endpoints
         .iter()

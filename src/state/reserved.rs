@@ -43,7 +43,11 @@ impl ReservedChange {
 }
 
 fn holder_of(h: &Holding) -> Holder {
-    Holder::new(HolderId::Reserved(h.owner.as_str().into()), h.owner.as_str(), &[])
+    Holder::new(
+        HolderId::Reserved(h.owner.as_str().into()),
+        h.owner.as_str(),
+        &[],
+    )
 }
 
 impl Allocator {
@@ -112,6 +116,27 @@ impl Allocator {
     pub fn reserved_in_pools(&self) -> Vec<InPool> {
         let inner = self.lock();
         in_pools(&inner.config, &inner.reserved)
+    }
+
+    /// Every Service address that is also reserved (a new leader reports them once).
+    pub fn all_reserved_conflicts(&self) -> Vec<ReservedConflict> {
+        let inner = self.lock();
+        let mut out = Vec::new();
+        for h in inner.reserved.values().flatten() {
+            for ip in &h.ips {
+                for holder in inner.index.holders(*ip) {
+                    if let HolderId::Service(key) = &holder.id {
+                        out.push(ReservedConflict {
+                            service: key.clone(),
+                            address: *ip,
+                            owner: h.owner.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        out.sort();
+        out
     }
 
     /// The addresses of Service `svc` that are reserved, with what they are.

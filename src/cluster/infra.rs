@@ -1,0 +1,280 @@
+//! Addresses the network already uses (SPEC 4.9), from the cluster: every Node (watched), the
+//! `default/kubernetes` EndpointSlices (watched, by name) and `kube-public/cluster-info` (read
+//! again every [`CLUSTER_INFO_REFRESH`]: RBAC grants only `get` on that one object).
+//!
+//! Each change replaces that source's addresses in the allocator (never a rescan), wakes the
+//! Services waiting for an address when one is freed, and reports, from the leader: an
+//! `AddressConflict` Event on a Service that already holds an address that becomes reserved
+//! (nothing is moved), and a Warning Event on the pool ConfigMap when the set of reserved
+//! addresses inside pools changes (the metric is read from the allocator at scrape time).
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::{WatchStreamExt, watcher};
+
+use super::context::{Context, Synced, lock, truncated};
+use crate::reserved::objects::{
+    self, CLUSTER_INFO_NAME, CLUSTER_INFO_NAMESPACE, KUBERNETES_NAMESPACE, KUBERNETES_SERVICE,
+    LeanNode,
+};
+use crate::reserved::{Holding, InPool, Source, SourceKind};
+use crate::serve::Stop;
+use crate::service::SvcInfo;
+use crate::state::{ReservedChange, ReservedConflict};
+
+/// How often `kube-public/cluster-info` is read again. It changes only when the control plane
+/// moves (rare and deliberate); a GET a minute per replica costs the apiserver nothing.
+pub const CLUSTER_INFO_REFRESH: Duration = Duration::from_secs(60);
+/// Conflicts remembered as reported (so each is reported once). Past it the memory is cleared:
+/// at worst a conflict is reported again, and churn of nodes cannot grow it without bound.
+const MAX_REPORTED_CONFLICTS: usize = 10_000;
+/// Reason of the Warning Event on the pool ConfigMap.
+pub const RESERVED_IN_POOL: &str = "ReservedAddressInPool";
+
+/// What this replica tracks about the sources and what it reported.
+#[derive(Default)]
+pub struct Infra {
+    nodes: AtomicBool,
+    slices: AtomicBool,
+    cluster_info: AtomicBool,
+    /// Reserved addresses inside pools as last reported by an Event (`None`: never).
+    reported_pools: Mutex<Option<Vec<InPool>>>,
+    reported_conflicts: Mutex<BTreeSet<ReservedConflict>>,
+}
+
+impl Infra {
+    /// All three sources read once: the allocator knows every reserved address.
+    fn synced(&self) -> bool {
+        [&self.nodes, &self.slices, &self.cluster_info]
+            .iter()
+            .all(|f| f.load(Ordering::SeqCst))
+    }
+
+    /// A Service as the cache shows it: its addresses that are reserved, reported once each.
+    pub fn service_applied(&self, ctx: &Context, svc: &SvcInfo) {
+        if !ctx.leadership.is_leader(Instant::now()) {
+            return;
+        }
+        let conflicts = ctx.allocator.reserved_conflicts_of(svc);
+        self.report_conflicts(ctx, conflicts);
+    }
+
+    fn report_conflicts(&self, ctx: &Context, conflicts: Vec<ReservedConflict>) {
+        if conflicts.is_empty() || !ctx.leadership.is_leader(Instant::now()) {
+            return;
+        }
+        for c in conflicts {
+            {
+                let mut seen = lock(&self.reported_conflicts);
+                if seen.len() >= MAX_REPORTED_CONFLICTS {
+                    seen.clear();
+                }
+                if !seen.insert(c.clone()) {
+                    continue;
+                }
+            }
+            tracing::warn!(service = %c.service, address = %c.address, owner = %c.owner,
+                "a Service holds an address the network already uses; it is not moved");
+            let reference = ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Service".into()),
+                name: Some(c.service.name.clone()),
+                namespace: Some(c.service.namespace.clone()),
+                ..Default::default()
+            };
+            let ev = Event {
+                type_: EventType::Warning,
+                reason: "AddressConflict".into(),
+                note: Some(truncated(format!(
+                    "address {} of this Service is also {}, which the network already uses; \
+                     nothing is moved: give the Service another address",
+                    c.address, c.owner
+                ))),
+                action: "CheckAddress".into(),
+                secondary: None,
+            };
+            ctx.spawn_event(reference, ev);
+        }
+    }
+
+    /// Report what pools contain once it changed (and every source and the ConfigMap were
+    /// read): a Warning on the pool ConfigMap, from the leader.
+    pub async fn report_pools(&self, ctx: &Context) {
+        if !self.synced() || !ctx.leadership.is_leader(Instant::now()) {
+            return;
+        }
+        let now = ctx.allocator.reserved_in_pools();
+        {
+            let mut last = lock(&self.reported_pools);
+            if last.as_ref() == Some(&now) {
+                return;
+            }
+            *last = Some(now.clone());
+        }
+        if now.is_empty() {
+            return;
+        }
+        let listed: Vec<String> = now.iter().map(ToString::to_string).collect();
+        tracing::warn!(configmap = %ctx.config_name, addresses = now.len(),
+            "pools contain addresses the network already uses (never handed out): {}",
+            listed.join("; "));
+        let note = format!(
+            "{} address(es) of the pools are used by the network and are never handed out: {}",
+            now.len(),
+            listed.join("; ")
+        );
+        let Some((namespace, name)) = ctx.config_name.split_once('/') else {
+            return;
+        };
+        let reference = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("ConfigMap".into()),
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            ..Default::default()
+        };
+        let ev = Event {
+            type_: EventType::Warning,
+            reason: RESERVED_IN_POOL.into(),
+            note: Some(truncated(note)),
+            action: "CheckPools".into(),
+            secondary: None,
+        };
+        ctx.event(&reference, ev).await;
+    }
+
+    async fn changed(&self, ctx: &Context, change: ReservedChange) {
+        if change.freed {
+            ctx.wake_waiting();
+        }
+        self.report_conflicts(ctx, change.conflicts);
+        if change.changed {
+            self.report_pools(ctx).await;
+        }
+    }
+
+    async fn source_synced(&self, flag: &AtomicBool, ctx: &Context, synced: &Synced) {
+        if flag.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if self.synced() {
+            synced.infra_synced();
+            self.report_pools(ctx).await;
+        }
+    }
+}
+
+/// Watch the three sources until `stop`. A replica reports only while it leads, so when it
+/// starts a term it reports what it has not reported itself (another leader may have).
+pub async fn run(ctx: std::sync::Arc<Context>, synced: Synced, stop: Stop) -> anyhow::Result<()> {
+    let infra = &ctx.infra;
+    let nodes = {
+        let api: Api<LeanNode> = Api::all(ctx.client.clone());
+        watcher(api, watcher::Config::default().any_semantic()).default_backoff()
+    };
+    let slices = {
+        let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), KUBERNETES_NAMESPACE);
+        // By name: RBAC is limited to the one slice the apiserver writes for itself.
+        let wc = watcher::Config::default().fields(&format!("metadata.name={KUBERNETES_SERVICE}"));
+        watcher(api, wc).default_backoff()
+    };
+    let started = ctx.leadership.started_stream();
+    let on_start = async {
+        futures::pin_mut!(started);
+        while futures::StreamExt::next(&mut started).await.is_some() {
+            infra.report_conflicts(&ctx, ctx.allocator.all_reserved_conflicts());
+            infra.report_pools(&ctx).await;
+        }
+    };
+    tokio::select! {
+        _ = stop.shutdown.cancelled() => {}
+        _ = watch_source(&ctx, &synced, nodes, SourceKind::Node, &infra.nodes,
+                |n: &LeanNode| objects::node(&n.0), "Node") => {}
+        _ = watch_source(&ctx, &synced, slices, SourceKind::EndpointSlice, &infra.slices,
+                objects::endpoint_slice, "EndpointSlice") => {}
+        _ = poll_cluster_info(&ctx, &synced) => {}
+        _ = on_start => {}
+    }
+    Ok(())
+}
+
+/// One watched source: a relist replaces every source of its kind, an event one source.
+async fn watch_source<K>(
+    ctx: &Context,
+    synced: &Synced,
+    stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    kind: SourceKind,
+    flag: &AtomicBool,
+    read: fn(&K) -> (Source, Vec<Holding>),
+    what: &str,
+) {
+    futures::pin_mut!(stream);
+    let mut listing = Vec::new();
+    loop {
+        match stream.try_next().await {
+            Ok(Some(watcher::Event::Init)) => listing.clear(),
+            Ok(Some(watcher::Event::InitApply(obj))) => listing.push(read(&obj)),
+            Ok(Some(watcher::Event::InitDone)) => {
+                let listed = std::mem::take(&mut listing);
+                tracing::info!(objects = listed.len(), "{what} list read");
+                let change = ctx.allocator.reset_reserved(kind, listed);
+                ctx.infra.changed(ctx, change).await;
+                ctx.infra.source_synced(flag, ctx, synced).await;
+            }
+            Ok(Some(watcher::Event::Apply(obj))) => {
+                let (source, holdings) = read(&obj);
+                let change = ctx.allocator.set_reserved(source, holdings);
+                ctx.infra.changed(ctx, change).await;
+            }
+            Ok(Some(watcher::Event::Delete(obj))) => {
+                let (source, _) = read(&obj);
+                let change = ctx.allocator.set_reserved(source, Vec::new());
+                ctx.infra.changed(ctx, change).await;
+            }
+            Ok(None) => return,
+            // The backoff retries; until the first list the replica is not ready.
+            Err(e) => tracing::warn!(error = %e, "{what} watch error"),
+        }
+    }
+}
+
+/// `kube-public/cluster-info`, read now and every [`CLUSTER_INFO_REFRESH`]. A failed read keeps
+/// what the last one found; a missing ConfigMap reserves nothing (many clusters have none).
+async fn poll_cluster_info(ctx: &Context, synced: &Synced) {
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), CLUSTER_INFO_NAMESPACE);
+    let mut failing = false;
+    loop {
+        match tokio::time::timeout(super::API_CALL_TIMEOUT, api.get_opt(CLUSTER_INFO_NAME)).await {
+            Ok(Ok(cm)) => {
+                failing = false;
+                let (source, holdings) = objects::cluster_info(cm.as_ref());
+                let change = ctx.allocator.set_reserved(source, holdings);
+                ctx.infra.changed(ctx, change).await;
+            }
+            result => {
+                if !failing {
+                    let error = match result {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "timed out".to_string(),
+                    };
+                    tracing::warn!(%error, "cannot read {CLUSTER_INFO_NAMESPACE}/{CLUSTER_INFO_NAME}; \
+                        the API endpoint is known from the kubernetes EndpointSlices only until it can");
+                }
+                failing = true;
+            }
+        }
+        // Read once, successfully or not: a cluster without it must still become ready.
+        ctx.infra
+            .source_synced(&ctx.infra.cluster_info, ctx, synced)
+            .await;
+        tokio::time::sleep(CLUSTER_INFO_REFRESH).await;
+    }
+}
