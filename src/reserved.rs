@@ -22,6 +22,14 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
+/// Everything that reserves addresses as read once (`plan`, `status`): each source's holdings
+/// and the operator's `--exclude`.
+#[derive(Clone, Debug, Default)]
+pub struct Network {
+    pub sources: Vec<(Source, Vec<Holding>)>,
+    pub exclude: Option<crate::config::Exclusion>,
+}
+
 /// Where reserved addresses come from; each is replaced as a whole when its object changes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Source {

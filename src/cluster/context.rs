@@ -139,21 +139,15 @@ impl Context {
             tracing::warn!(object = ?reference.name, reason = %ev.reason, "too many Events in flight; this one is dropped");
             return;
         };
-        let (recorder, metrics, reference) =
-            (self.recorder.clone(), self.metrics.clone(), reference.clone());
+        let (recorder, metrics, reference) = (
+            self.recorder.clone(),
+            self.metrics.clone(),
+            reference.clone(),
+        );
         tokio::spawn(async move {
             publish(&recorder, &metrics, &reference, ev).await;
             drop(permit);
         });
-    }
-
-    /// [`Context::event`] without waiting for it (from the watch callbacks).
-    pub(super) fn spawn_event(&self, reference: ObjectReference, ev: Event) {
-        if !self.leadership.is_leader(Instant::now()) {
-            return;
-        }
-        let (recorder, metrics) = (self.recorder.clone(), self.metrics.clone());
-        tokio::spawn(async move { publish(&recorder, &metrics, &reference, ev).await });
     }
 
     /// A ConfigMap change (or its absence): parse once, swap, report, wake waiters.
@@ -198,7 +192,7 @@ impl Context {
             self.event(&cm.object_ref(&()), ev);
         }
         // What the pools contain of the addresses the network uses may have changed.
-        self.infra.report_pools(self).await;
+        self.infra.report_pools(self);
         self.wake_waiting();
     }
 

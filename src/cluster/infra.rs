@@ -1,6 +1,6 @@
-//! Addresses the network already uses (SPEC 4.9), from the cluster: every Node (watched), the
-//! `default/kubernetes` EndpointSlices (watched, by name) and `kube-public/cluster-info` (read
-//! again every [`CLUSTER_INFO_REFRESH`]: RBAC grants only `get` on that one object).
+//! Addresses the network already uses (SPEC 4.9), from the cluster, all watched: every Node,
+//! the `default/kubernetes` EndpointSlice and `kube-public/cluster-info` (both by name, so RBAC
+//! is limited to those objects).
 //!
 //! Each change replaces that source's addresses in the allocator (never a rescan), wakes the
 //! Services waiting for an address when one is freed, and reports, from the leader: an
@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::{Stream, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
@@ -30,9 +30,6 @@ use crate::serve::Stop;
 use crate::service::SvcInfo;
 use crate::state::{ReservedChange, ReservedConflict};
 
-/// How often `kube-public/cluster-info` is read again. It changes only when the control plane
-/// moves (rare and deliberate); a GET a minute per replica costs the apiserver nothing.
-pub const CLUSTER_INFO_REFRESH: Duration = Duration::from_secs(60);
 /// Conflicts remembered as reported (so each is reported once). Past it the memory is cleared:
 /// at worst a conflict is reported again, and churn of nodes cannot grow it without bound.
 const MAX_REPORTED_CONFLICTS: usize = 10_000;
@@ -101,13 +98,13 @@ impl Infra {
                 action: "CheckAddress".into(),
                 secondary: None,
             };
-            ctx.spawn_event(reference, ev);
+            ctx.event(&reference, ev);
         }
     }
 
     /// Report what pools contain once it changed (and every source and the ConfigMap were
     /// read): a Warning on the pool ConfigMap, from the leader.
-    pub async fn report_pools(&self, ctx: &Context) {
+    pub fn report_pools(&self, ctx: &Context) {
         if !self.synced() || !ctx.leadership.is_leader(Instant::now()) {
             return;
         }
@@ -148,26 +145,26 @@ impl Infra {
             action: "CheckPools".into(),
             secondary: None,
         };
-        ctx.event(&reference, ev).await;
+        ctx.event(&reference, ev);
     }
 
-    async fn changed(&self, ctx: &Context, change: ReservedChange) {
+    fn changed(&self, ctx: &Context, change: ReservedChange) {
         if change.freed {
             ctx.wake_waiting();
         }
         self.report_conflicts(ctx, change.conflicts);
         if change.changed {
-            self.report_pools(ctx).await;
+            self.report_pools(ctx);
         }
     }
 
-    async fn source_synced(&self, flag: &AtomicBool, ctx: &Context, synced: &Synced) {
+    fn source_synced(&self, flag: &AtomicBool, ctx: &Context, synced: &Synced) {
         if flag.swap(true, Ordering::SeqCst) {
             return;
         }
         if self.synced() {
             synced.infra_synced();
-            self.report_pools(ctx).await;
+            self.report_pools(ctx);
         }
     }
 }
@@ -186,13 +183,20 @@ pub async fn run(ctx: std::sync::Arc<Context>, synced: Synced, stop: Stop) -> an
         let wc = watcher::Config::default().fields(&format!("metadata.name={KUBERNETES_SERVICE}"));
         watcher(api, wc).default_backoff()
     };
+    let cluster_info = {
+        let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), CLUSTER_INFO_NAMESPACE);
+        let wc = watcher::Config::default().fields(&format!("metadata.name={CLUSTER_INFO_NAME}"));
+        watcher(api, wc).default_backoff()
+    };
     let started = ctx.leadership.started_stream();
     let on_start = async {
         futures::pin_mut!(started);
         while futures::StreamExt::next(&mut started).await.is_some() {
             infra.report_conflicts(&ctx, ctx.allocator.all_reserved_conflicts());
-            infra.report_pools(&ctx).await;
+            infra.report_pools(&ctx);
         }
+        // The leadership outlives this task; should its channel close, keep watching.
+        std::future::pending::<()>().await;
     };
     tokio::select! {
         _ = stop.shutdown.cancelled() => {}
@@ -200,7 +204,9 @@ pub async fn run(ctx: std::sync::Arc<Context>, synced: Synced, stop: Stop) -> an
                 |n: &LeanNode| objects::node(&n.0), "Node") => {}
         _ = watch_source(&ctx, &synced, slices, SourceKind::EndpointSlice, &infra.slices,
                 objects::endpoint_slice, "EndpointSlice") => {}
-        _ = poll_cluster_info(&ctx, &synced) => {}
+        _ = watch_source(&ctx, &synced, cluster_info, SourceKind::ClusterInfo,
+                &infra.cluster_info, |cm: &ConfigMap| objects::cluster_info(Some(cm)),
+                "cluster-info ConfigMap") => {}
         _ = on_start => {}
     }
     Ok(())
@@ -226,55 +232,22 @@ async fn watch_source<K>(
                 let listed = std::mem::take(&mut listing);
                 tracing::info!(objects = listed.len(), "{what} list read");
                 let change = ctx.allocator.reset_reserved(kind, listed);
-                ctx.infra.changed(ctx, change).await;
-                ctx.infra.source_synced(flag, ctx, synced).await;
+                ctx.infra.changed(ctx, change);
+                ctx.infra.source_synced(flag, ctx, synced);
             }
             Ok(Some(watcher::Event::Apply(obj))) => {
                 let (source, holdings) = read(&obj);
                 let change = ctx.allocator.set_reserved(source, holdings);
-                ctx.infra.changed(ctx, change).await;
+                ctx.infra.changed(ctx, change);
             }
             Ok(Some(watcher::Event::Delete(obj))) => {
                 let (source, _) = read(&obj);
                 let change = ctx.allocator.set_reserved(source, Vec::new());
-                ctx.infra.changed(ctx, change).await;
+                ctx.infra.changed(ctx, change);
             }
             Ok(None) => return,
             // The backoff retries; until the first list the replica is not ready.
             Err(e) => tracing::warn!(error = %e, "{what} watch error"),
         }
-    }
-}
-
-/// `kube-public/cluster-info`, read now and every [`CLUSTER_INFO_REFRESH`]. A failed read keeps
-/// what the last one found; a missing ConfigMap reserves nothing (many clusters have none).
-async fn poll_cluster_info(ctx: &Context, synced: &Synced) {
-    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), CLUSTER_INFO_NAMESPACE);
-    let mut failing = false;
-    loop {
-        match tokio::time::timeout(super::API_CALL_TIMEOUT, api.get_opt(CLUSTER_INFO_NAME)).await {
-            Ok(Ok(cm)) => {
-                failing = false;
-                let (source, holdings) = objects::cluster_info(cm.as_ref());
-                let change = ctx.allocator.set_reserved(source, holdings);
-                ctx.infra.changed(ctx, change).await;
-            }
-            result => {
-                if !failing {
-                    let error = match result {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => "timed out".to_string(),
-                    };
-                    tracing::warn!(%error, "cannot read {CLUSTER_INFO_NAMESPACE}/{CLUSTER_INFO_NAME}; \
-                        the API endpoint is known from the kubernetes EndpointSlices only until it can");
-                }
-                failing = true;
-            }
-        }
-        // Read once, successfully or not: a cluster without it must still become ready.
-        ctx.infra
-            .source_synced(&ctx.infra.cluster_info, ctx, synced)
-            .await;
-        tokio::time::sleep(CLUSTER_INFO_REFRESH).await;
     }
 }

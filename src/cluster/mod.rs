@@ -104,7 +104,8 @@ pub async fn start_with_client(
             },
             settings.config_ref(),
         )
-        .with_quotas(settings.serve.quotas),
+        .with_quotas(settings.serve.quotas)
+        .with_exclusion(settings.serve.exclude.clone()),
     );
     let metrics = Arc::new(Metrics::new(allocator.clone()));
     let (tls, ca) = match &settings.certs {

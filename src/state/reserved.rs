@@ -9,7 +9,7 @@ use super::{Allocator, Inner};
 use crate::config::{Config, Exclusion, FamilyPool, GLOBAL};
 use crate::index::{Holder, HolderId, UsedIndex};
 use crate::ipam::Family;
-use crate::reserved::{Holding, InPool, ReservedAddress, Source, SourceKind};
+use crate::reserved::{Holding, InPool, Network, ReservedAddress, Source, SourceKind};
 use crate::service::{ServiceKey, SvcInfo};
 
 /// Holdings by source.
@@ -56,6 +56,15 @@ impl Allocator {
     pub fn with_exclusion(mut self, exclude: Option<Exclusion>) -> Self {
         self.exclude = exclude.filter(|e| !e.is_empty());
         self
+    }
+
+    /// The exclusion and every source of `network` (`plan`, `status`: read once).
+    pub fn with_network(self, network: &Network) -> Self {
+        let this = self.with_exclusion(network.exclude.clone());
+        for (source, holdings) in &network.sources {
+            this.set_reserved(source.clone(), holdings.clone());
+        }
+        this
     }
 
     /// What `source` reserves now (empty: nothing any more, e.g. the Node was deleted).
