@@ -37,6 +37,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub leadership: Leadership,
     recorder: Recorder,
+    reporter: Reporter,
     events_in_flight: Arc<tokio::sync::Semaphore>,
     /// `namespace/name` of the pool ConfigMap, for messages.
     pub config_name: String,
@@ -70,19 +71,18 @@ impl Context {
         config_name: String,
     ) -> Self {
         let (wake, wake_rx) = mpsc::unbounded_channel();
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: MANAGER.into(),
-                instance: Some(instance),
-            },
-        );
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: Some(instance),
+        };
+        let recorder = Recorder::new(client.clone(), reporter.clone());
         Context {
             client,
             allocator,
             metrics,
             leadership,
             recorder,
+            reporter,
             events_in_flight: Arc::new(tokio::sync::Semaphore::new(EVENTS_IN_FLIGHT)),
             config_name,
             waiting: Mutex::default(),
@@ -132,6 +132,17 @@ impl Context {
     /// Publish an Event, from the leader only (or every Event would be doubled), without waiting
     /// for it (see [`EVENTS_IN_FLIGHT`]).
     pub fn event(&self, reference: &ObjectReference, ev: Event) {
+        self.send(self.recorder.clone(), reference, ev);
+    }
+
+    /// [`Context::event`] as a new Event, never folded into the series of an earlier one with
+    /// the same reason (a series keeps its first note; this note says what changed).
+    pub fn event_new(&self, reference: &ObjectReference, ev: Event) {
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        self.send(recorder, reference, ev);
+    }
+
+    fn send(&self, recorder: Recorder, reference: &ObjectReference, ev: Event) {
         if !self.leadership.is_leader(Instant::now()) {
             return;
         }
@@ -139,11 +150,7 @@ impl Context {
             tracing::warn!(object = ?reference.name, reason = %ev.reason, "too many Events in flight; this one is dropped");
             return;
         };
-        let (recorder, metrics, reference) = (
-            self.recorder.clone(),
-            self.metrics.clone(),
-            reference.clone(),
-        );
+        let (metrics, reference) = (self.metrics.clone(), reference.clone());
         tokio::spawn(async move {
             publish(&recorder, &metrics, &reference, ev).await;
             drop(permit);

@@ -95,7 +95,7 @@ impl Infra {
                      nothing is moved: give the Service another address",
                     c.address, c.owner
                 ))),
-                action: "CheckAddress".into(),
+                action: "CheckReservedAddress".into(),
                 secondary: None,
             };
             ctx.event(&reference, ev);
@@ -145,7 +145,7 @@ impl Infra {
             action: "CheckPools".into(),
             secondary: None,
         };
-        ctx.event(&reference, ev);
+        ctx.event_new(&reference, ev);
     }
 
     fn changed(&self, ctx: &Context, change: ReservedChange) {
