@@ -19,7 +19,7 @@ mod webhook_proc;
 
 use std::collections::HashSet;
 
-use e2e::{ANNOTATION, E2e, annotation, eventually, lb};
+use e2e::{ANNOTATION, E2e, annotation, cli_json, eventually, lb};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
