@@ -274,6 +274,41 @@ async fn a_pool_over_nodes_and_the_api_endpoint_never_hands_them_out() {
         "{line} not in\n{metrics}"
     );
     assert!(wh.log_lines("Node watch error").is_empty());
+
+    // `status` shows what is never handed out and why.
+    let report = cli_json(vec![
+        "status".into(),
+        "--kubeconfig".into(),
+        t.cp.kubeconfig.display().to_string(),
+        "--kubevip-namespace".into(),
+        t.ns.clone(),
+        "--namespace".into(),
+        t.ns.clone(),
+        "--exclude".into(),
+        t.ip(9),
+        "-o".into(),
+        "json".into(),
+    ])
+    .await;
+    let reserved = &report["reserved"];
+    let addresses = reserved["addresses"].as_array().expect("addresses");
+    let node = addresses
+        .iter()
+        .find(|a| a["address"] == t.ip(5))
+        .unwrap_or_else(|| panic!("{} missing from {reserved}", t.ip(5)));
+    assert_eq!(node["owner"], "node reserved-w1's InternalIP");
+    assert_eq!(node["pools"], json!([t.key("range")]));
+    assert!(
+        addresses.iter().any(|a| a["address"] == t.ip(7)),
+        "{reserved}"
+    );
+    assert_eq!(
+        reserved["excluded"],
+        json!([
+            {"source": format!("ConfigMap key exclude-{}", t.ns), "addresses": t.ip(8)},
+            {"source": "--exclude", "addresses": t.ip(9)},
+        ])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
