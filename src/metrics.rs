@@ -21,6 +21,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+mod reserved;
+use reserved::reserved_gauges;
+pub use reserved::{MAX_NAMED_RESERVED, ReservedStat};
+
 /// Prefix of every metric name.
 pub const PREFIX: &str = "kube_vip_webhook";
 
@@ -41,23 +45,6 @@ pub struct PoolStat {
     pub size: u128,
     /// Addresses in the pool currently held by Services or reservations.
     pub used: u128,
-}
-
-/// Series of `pool_reserved_address` (one per reserved address inside a pool, naming it and
-/// its owner) at most: a pool laid over the node subnet of a large cluster would otherwise add
-/// one series per node. The count per pool (`pool_reserved_addresses`) is always complete, and
-/// `status` lists every one.
-pub const MAX_NAMED_RESERVED: usize = 64;
-
-/// An address the network already uses (a node's, the API endpoint's) inside a pool.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReservedStat {
-    pub pool: String,
-    /// `"IPv4"` or `"IPv6"`.
-    pub family: &'static str,
-    pub address: String,
-    /// What it is: `node worker-1's InternalIP`.
-    pub owner: String,
 }
 
 /// Allocator state read at scrape time. Implemented by the allocator state.
@@ -305,51 +292,6 @@ fn pool_gauge(
         metric
             .encode_family(&labels)?
             .encode_gauge(&addresses(value(p)))?;
-    }
-    Ok(())
-}
-
-/// `pool_reserved_addresses` for every pool and family (0 included: an alert can tell "none"
-/// from "not exported"), and `pool_reserved_address` naming the first [`MAX_NAMED_RESERVED`].
-fn reserved_gauges(
-    encoder: &mut DescriptorEncoder,
-    pools: &[PoolStat],
-    reserved: &[ReservedStat],
-) -> fmt::Result {
-    if !pools.is_empty() {
-        let mut metric = encoder.encode_descriptor(
-            "pool_reserved_addresses",
-            "Addresses of the pool the network already uses (nodes, the API endpoint); never handed out.",
-            None,
-            MetricType::Gauge,
-        )?;
-        for p in pools {
-            let n = reserved
-                .iter()
-                .filter(|r| r.pool == p.pool && r.family == p.family)
-                .count();
-            let labels = [("pool", p.pool.as_str()), ("family", p.family)];
-            metric
-                .encode_family(&labels)?
-                .encode_gauge(&u64::try_from(n).unwrap_or(u64::MAX))?;
-        }
-    }
-    if reserved.is_empty() {
-        return Ok(());
-    }
-    let help = format!(
-        "1 for an address of the pool the network already uses, naming it and what it is \
-         (at most {MAX_NAMED_RESERVED} series)."
-    );
-    let mut metric =
-        encoder.encode_descriptor("pool_reserved_address", &help, None, MetricType::Gauge)?;
-    for r in reserved.iter().take(MAX_NAMED_RESERVED) {
-        let labels = [
-            ("pool", r.pool.as_str()),
-            ("address", r.address.as_str()),
-            ("owner", r.owner.as_str()),
-        ];
-        metric.encode_family(&labels)?.encode_gauge(&1u64)?;
     }
     Ok(())
 }

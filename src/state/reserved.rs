@@ -2,8 +2,9 @@
 //! each source's holdings are kept here and mirrored into the used-address index as holders
 //! without ports, replaced as a whole when the source changes.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use super::{Allocator, Inner};
 use crate::config::{Config, Exclusion, FamilyPool, GLOBAL};
@@ -98,21 +99,21 @@ impl Allocator {
 
     /// Every reserved address, what it is, and the pools containing it; sorted by address.
     pub fn reserved_addresses(&self) -> Vec<ReservedAddress> {
-        let inner = self.lock();
-        let in_pools = in_pools(&inner.config, &inner.reserved);
-        let mut out: Vec<ReservedAddress> = inner
-            .reserved
-            .values()
-            .flatten()
+        let (config, holdings) = self.reserved_snapshot();
+        let mut pools: BTreeMap<(IpAddr, String), Vec<String>> = BTreeMap::new();
+        for p in in_pools(&config, &holdings) {
+            pools.entry((p.address, p.owner)).or_default().push(p.pool);
+        }
+        let mut out: Vec<ReservedAddress> = holdings
+            .iter()
             .flat_map(|h| {
                 h.ips.iter().map(|ip| ReservedAddress {
                     address: *ip,
                     owner: h.owner.clone(),
-                    pools: in_pools
-                        .iter()
-                        .filter(|p| p.address == *ip && p.owner == h.owner)
-                        .map(|p| p.pool.clone())
-                        .collect(),
+                    pools: pools
+                        .get(&(*ip, h.owner.clone()))
+                        .cloned()
+                        .unwrap_or_default(),
                 })
             })
             .collect();
@@ -123,8 +124,16 @@ impl Allocator {
     /// Reserved addresses that pools contain (after exclusions): allocation skips them, the
     /// ConfigMap gets a Warning, the metric names them. Sorted by pool, then address.
     pub fn reserved_in_pools(&self) -> Vec<InPool> {
+        let (config, holdings) = self.reserved_snapshot();
+        in_pools(&config, &holdings)
+    }
+
+    /// The configuration and every holding, copied out: matching them against pools (pools x
+    /// addresses) happens outside the allocator lock (metrics scrapes, node churn).
+    fn reserved_snapshot(&self) -> (Arc<Config>, Vec<Holding>) {
         let inner = self.lock();
-        in_pools(&inner.config, &inner.reserved)
+        let holdings = inner.reserved.values().flatten().cloned().collect();
+        (inner.config.clone(), holdings)
     }
 
     /// Every Service address that is also reserved (a new leader reports them once).
@@ -221,9 +230,9 @@ pub(super) fn pool_namespace(key: &str) -> &str {
     key.split_once('-').map_or(GLOBAL, |(_, ns)| ns)
 }
 
-fn in_pools(config: &Config, reserved: &BySource) -> Vec<InPool> {
+fn in_pools(config: &Config, holdings: &[Holding]) -> Vec<InPool> {
     let mut out = Vec::new();
-    if reserved.is_empty() {
+    if holdings.is_empty() {
         return out;
     }
     for pool in config.pools() {
@@ -233,7 +242,7 @@ fn in_pools(config: &Config, reserved: &BySource) -> Vec<InPool> {
                 continue;
             };
             let set = config.without_excluded(ns, set);
-            for h in reserved.values().flatten() {
+            for h in holdings {
                 for ip in h.ips.iter().filter(|ip| set.is_allocatable(**ip)) {
                     out.push(InPool {
                         pool: pool.key.clone(),
