@@ -8,6 +8,8 @@ mod fake_apiserver;
 mod replica;
 #[path = "support/reviews.rs"]
 mod reviews;
+#[path = "support/tls.rs"]
+mod tls_support;
 #[path = "support/wait.rs"]
 mod wait;
 
@@ -221,4 +223,40 @@ async fn concurrent_admissions_on_two_replicas_get_distinct_addresses() {
         "the leader decided every admission"
     );
     assert_eq!(b.allocator.reservations(), 0, "the follower decided none");
+}
+
+/// With client certificates required (`--client-ca-file`, only the apiserver may call), replicas
+/// present their serving certificate to each other: a follower still forwards and the leader
+/// decides, so admissions through a follower keep getting their address at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_client_certificates_required_a_follower_still_forwards() {
+    let fake = cluster();
+    let certs = replica::certs();
+    let (client_ca, cert, key) = tls_support::client_identity("kube-apiserver-webhook-client");
+    let ca_file = certs.dir.path().join("client-ca.crt");
+    std::fs::write(&ca_file, client_ca).expect("write client CA");
+    let ca_file = ca_file.display().to_string();
+    let flags = [
+        "--client-ca-file",
+        &ca_file,
+        "--client-allowed-names",
+        "kube-apiserver-webhook-client",
+    ];
+    let apiserver = reviews::client_with_identity(&certs.ca_pem, &cert, &key);
+    let a = replica::start(fake.client(), &replica::args(&certs, "a", &flags)).await;
+    eventually("a to allocate", || async {
+        allocates(&apiserver, a.webhook_addr).await.then_some(())
+    })
+    .await;
+    let b = replica::start(fake.client(), &replica::args(&certs, "b", &flags)).await;
+    eventually("b to forward to the leader", || async {
+        let review = reviews::create("fwd", "p", "fwd", true);
+        reviews::address(&reviews::send(&apiserver, b.webhook_addr, &review, false).await)
+    })
+    .await;
+    let review = reviews::create("through-b", "f", "through-b", false);
+    let answer = reviews::send(&apiserver, b.webhook_addr, &review, false).await;
+    assert!(reviews::address(&answer).is_some(), "{answer}");
+    assert_eq!(a.allocator.reservations(), 1, "the leader decided");
+    assert_eq!(b.allocator.reservations(), 0);
 }
