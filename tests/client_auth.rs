@@ -56,6 +56,22 @@ async fn standalone(dir: &Path, extra: &[&str]) -> (Running, String) {
     (running, ca)
 }
 
+/// [`standalone`] requiring client certificates from `client_ca` (written to a file in `dir`),
+/// with `allowed` names when given.
+async fn requiring_client_certs(
+    dir: &Path,
+    client_ca: &str,
+    allowed: Option<&str>,
+) -> (Running, String) {
+    let ca_file = dir.join("client-ca.crt");
+    std::fs::write(&ca_file, client_ca).unwrap();
+    let mut flags = vec!["--client-ca-file", ca_file.to_str().unwrap()];
+    if let Some(names) = allowed {
+        flags.extend(["--client-allowed-names", names]);
+    }
+    standalone(dir, &flags).await
+}
+
 async fn stop(running: Running) {
     running.stop.shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(30), running.wait())
@@ -113,18 +129,8 @@ async fn reaches(client: &reqwest::Client, running: &Running) -> bool {
 async fn only_clients_with_a_certificate_from_the_ca_and_an_allowed_name_are_served() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = tls_support::client_identity("kube-apiserver-webhook-client");
-    let ca_file = dir.path().join("client-ca.crt");
-    std::fs::write(&ca_file, &ca).unwrap();
-    let (running, server_ca) = standalone(
-        dir.path(),
-        &[
-            "--client-ca-file",
-            ca_file.to_str().unwrap(),
-            "--client-allowed-names",
-            "kube-apiserver-webhook-client,other",
-        ],
-    )
-    .await;
+    let (running, server_ca) =
+        requiring_client_certs(dir.path(), &ca, Some("kube-apiserver-webhook-client,other")).await;
     let addr = running.webhook_addr;
 
     // No certificate: the handshake fails, nothing is decided.
@@ -156,18 +162,8 @@ async fn only_clients_with_a_certificate_from_the_ca_and_an_allowed_name_are_ser
 async fn a_name_outside_the_allowed_names_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = tls_support::client_identity("someone-else");
-    let ca_file = dir.path().join("client-ca.crt");
-    std::fs::write(&ca_file, &ca).unwrap();
-    let (running, server_ca) = standalone(
-        dir.path(),
-        &[
-            "--client-ca-file",
-            ca_file.to_str().unwrap(),
-            "--client-allowed-names",
-            "kube-apiserver-webhook-client",
-        ],
-    )
-    .await;
+    let (running, server_ca) =
+        requiring_client_certs(dir.path(), &ca, Some("kube-apiserver-webhook-client")).await;
     let refused = client(&server_ca, &running, Some((&cert, &key)));
     assert!(!reaches(&refused, &running).await);
     stop(running).await;
@@ -178,10 +174,8 @@ async fn a_rotated_client_ca_applies_to_the_next_handshake() {
     let dir = tempfile::tempdir().unwrap();
     let (old_ca, old_cert, old_key) = tls_support::client_identity("apiserver");
     let (new_ca, new_cert, new_key) = tls_support::client_identity("apiserver");
+    let (running, server_ca) = requiring_client_certs(dir.path(), &old_ca, None).await;
     let ca_file = dir.path().join("client-ca.crt");
-    std::fs::write(&ca_file, &old_ca).unwrap();
-    let (running, server_ca) =
-        standalone(dir.path(), &["--client-ca-file", ca_file.to_str().unwrap()]).await;
     let old = client(&server_ca, &running, Some((&old_cert, &old_key)));
     let new = client(&server_ca, &running, Some((&new_cert, &new_key)));
     assert!(reaches(&old, &running).await);
