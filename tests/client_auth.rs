@@ -29,6 +29,15 @@ fn serve_args(argv: &[String]) -> ServeArgs {
 /// `serve --standalone` with `extra` flags; returns the server and its CA (PEM).
 async fn standalone(dir: &Path, extra: &[&str]) -> (Running, String) {
     tls_support::install_provider();
+    let running = kube_vip_webhook::cli::start(&standalone_args(dir, extra), Stop::default())
+        .await
+        .unwrap();
+    let ca = std::fs::read_to_string(dir.join("certs").join("ca.crt")).unwrap();
+    (running, ca)
+}
+
+/// The flags of [`standalone`] (its ConfigMap written into `dir`, certificates in `dir/certs`).
+fn standalone_args(dir: &Path, extra: &[&str]) -> ServeArgs {
     let cm = dir.join("configmap.yaml");
     std::fs::write(&cm, CONFIGMAP).unwrap();
     let certs = dir.join("certs");
@@ -49,11 +58,7 @@ async fn standalone(dir: &Path, extra: &[&str]) -> (Running, String) {
     .map(|s| s.to_string())
     .collect();
     argv.extend(extra.iter().map(|s| s.to_string()));
-    let running = kube_vip_webhook::cli::start(&serve_args(&argv), Stop::default())
-        .await
-        .unwrap();
-    let ca = std::fs::read_to_string(certs.join("ca.crt")).unwrap();
-    (running, ca)
+    serve_args(&argv)
 }
 
 /// [`standalone`] requiring client certificates from `client_ca` (written to a file in `dir`),
@@ -197,27 +202,8 @@ async fn a_bad_client_ca_file_fails_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("client-ca.crt");
     std::fs::write(&ca_file, "garbage").unwrap();
-    let cm = dir.path().join("configmap.yaml");
-    std::fs::write(&cm, CONFIGMAP).unwrap();
-    let argv: Vec<String> = [
-        "kube-vip-webhook",
-        "serve",
-        "--standalone",
-        "--configmap",
-        cm.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--cert-dir",
-        dir.path().join("certs").to_str().unwrap(),
-        "--client-ca-file",
-        ca_file.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let err = match kube_vip_webhook::cli::start(&serve_args(&argv), Stop::default()).await {
+    let args = standalone_args(dir.path(), &["--client-ca-file", ca_file.to_str().unwrap()]);
+    let err = match kube_vip_webhook::cli::start(&args, Stop::default()).await {
         Ok(_) => panic!("started with a bad client CA"),
         Err(e) => format!("{e:#}"),
     };

@@ -15,9 +15,9 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, ServerConfig};
 
-use super::peers::{PeerVerifier, Peers, names};
+use super::peers::{PeerVerifier, Peers, names, roots_from_pem};
 use super::stamp::Stamp;
-use super::{TlsError, error_chain, parse_certs, provider, read, write};
+use super::{TlsError, error_chain, provider, read, write};
 
 /// What a client must present.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -84,14 +84,7 @@ fn load(path: &Path) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
         what: what.clone(),
         source,
     })?;
-    let mut roots = rustls::RootCertStore::empty();
-    for (index, der) in parse_certs(&pem, &what)?.into_iter().enumerate() {
-        roots.add(der).map_err(|e| TlsError::BadCertificate {
-            what: what.clone(),
-            index: index + 1,
-            reason: e.to_string(),
-        })?;
-    }
+    let roots = roots_from_pem(&pem, &what)?;
     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .build()
         .map_err(|source| TlsError::ClientVerifier { what, source })

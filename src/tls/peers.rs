@@ -67,16 +67,21 @@ impl CaSource {
             }
             (CaSource::Bundle(current), Version::File(_)) => (current(), "CA bundle".to_string()),
         };
-        let mut roots = RootCertStore::empty();
-        for (index, der) in parse_certs(&pem, &what)?.into_iter().enumerate() {
-            roots.add(der).map_err(|e| TlsError::BadCertificate {
-                what: what.clone(),
-                index: index + 1,
-                reason: e.to_string(),
-            })?;
-        }
-        Ok(roots)
+        roots_from_pem(&pem, &what)
     }
+}
+
+/// Every certificate in `pem` as a trust root; `what` names the input in errors.
+pub(super) fn roots_from_pem(pem: &[u8], what: &str) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for (index, der) in parse_certs(pem, what)?.into_iter().enumerate() {
+        roots.add(der).map_err(|e| TlsError::BadCertificate {
+            what: what.to_string(),
+            index: index + 1,
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(roots)
 }
 
 fn ca_what(path: &std::path::Path) -> String {
