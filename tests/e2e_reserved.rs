@@ -98,9 +98,9 @@ fn pinned(name: &str, ip: &str) -> Service {
 }
 
 /// The addresses of the `default/kubernetes` EndpointSlice (what the webhook reads as the API
-/// endpoint besides cluster-info). A 1.28 kube-apiserver writes the Endpoints only; the slice is
-/// mirrored by kube-controller-manager, which envtest does not run: then the test writes it as
-/// the mirroring controller would, with `ip` as the apiserver's address.
+/// endpoint besides cluster-info). The envtest apiserver here publishes none (a real control
+/// plane does): then the test writes it as the control plane would, with `ip` as the
+/// apiserver's address.
 async fn kubernetes_endpoints(t: &E2e, ip: &str) -> Vec<String> {
     let api: Api<EndpointSlice> = Api::namespaced(t.client.clone(), "default");
     let slice = match api.get_opt("kubernetes").await.expect("get slice") {
