@@ -395,7 +395,7 @@ fn a_node_added_on_a_service_address_is_a_conflict_and_nothing_moves() {
     assert_eq!(holders, ["node late's InternalIP", "web/a"]);
     let held = pinned("web", "a", "10.0.0.1");
     a.apply_service(&held);
-    assert_eq!(a.reserved_conflicts_of(&held).len(), 1);
+    assert_eq!(a.reserved_conflicts_of(&held.key()).len(), 1);
     // An unrelated UPDATE of that Service (same address, a new port) is not denied.
     let mut edited = held.clone();
     edited.ports.push(kube_vip_webhook::service::PortKey {

@@ -53,8 +53,8 @@ pub struct Context {
     listing: Mutex<Vec<SvcInfo>>,
     /// Last AllocationFailed reason per Service, so a retry that fails the same way is quiet.
     last_failure: Mutex<HashMap<ObjectRef<Service>, String>>,
-    /// Addresses the network already uses: sync state and what was reported (`infra.rs`).
-    pub(super) infra: super::infra::Infra,
+    /// Addresses the network already uses: sync state and what was reported (`infra_state.rs`).
+    pub(super) infra: super::infra_state::Infra,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -92,7 +92,7 @@ impl Context {
             reported_clashes: Mutex::default(),
             listing: Mutex::default(),
             last_failure: Mutex::default(),
-            infra: super::infra::Infra::default(),
+            infra: super::infra_state::Infra::default(),
         }
     }
 
@@ -198,8 +198,6 @@ impl Context {
             };
             self.event(&cm.object_ref(&()), ev);
         }
-        // What the pools contain of the addresses the network uses may have changed.
-        self.infra.report_pools(self);
         self.wake_waiting();
     }
 
@@ -222,7 +220,6 @@ impl Context {
                     self.wake_waiting();
                 }
                 self.check_clashes(&info);
-                self.infra.service_applied(self, &info);
             }
             watcher::Event::Delete(svc) => {
                 let key = SvcInfo::from_service(svc).key();

@@ -8,59 +8,45 @@
 //! (nothing is moved), and a Warning Event on the pool ConfigMap when the set of reserved
 //! addresses inside pools changes (the metric is read from the allocator at scrape time).
 
-use std::collections::BTreeSet;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use futures::{Stream, TryStreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::{WatchStreamExt, watcher};
 
 use super::context::{Context, Synced, lock, truncated};
+use super::infra_state::{Infra, MAX_REPORTED_CONFLICTS};
 use crate::reserved::objects::{
     self, CLUSTER_INFO_NAME, CLUSTER_INFO_NAMESPACE, KUBERNETES_NAMESPACE, KUBERNETES_SERVICE,
     LeanNode,
 };
-use crate::reserved::{Holding, InPool, Source, SourceKind};
+use crate::reserved::{Holding, Source, SourceKind};
 use crate::serve::Stop;
-use crate::service::SvcInfo;
+use crate::service::ServiceKey;
 use crate::state::{ReservedChange, ReservedConflict};
 
-/// Conflicts remembered as reported (so each is reported once). Past it the memory is cleared:
-/// at worst a conflict is reported again, and churn of nodes cannot grow it without bound.
-const MAX_REPORTED_CONFLICTS: usize = 10_000;
 /// Reason of the Warning Event on the pool ConfigMap.
 pub const RESERVED_IN_POOL: &str = "ReservedAddressInPool";
 
-/// What this replica tracks about the sources and what it reported.
-#[derive(Default)]
-pub struct Infra {
-    nodes: AtomicBool,
-    slices: AtomicBool,
-    cluster_info: AtomicBool,
-    /// Reserved addresses inside pools as last reported by an Event (`None`: never).
-    reported_pools: Mutex<Option<Vec<InPool>>>,
-    reported_conflicts: Mutex<BTreeSet<ReservedConflict>>,
-}
-
 impl Infra {
-    /// All three sources read once: the allocator knows every reserved address.
-    fn synced(&self) -> bool {
-        [&self.nodes, &self.slices, &self.cluster_info]
-            .iter()
-            .all(|f| f.load(Ordering::SeqCst))
-    }
-
-    /// A Service as the cache shows it: its addresses that are reserved, reported once each.
-    pub fn service_applied(&self, ctx: &Context, svc: &SvcInfo) {
+    /// A Service as the cache shows it (after the index took it): its addresses that are
+    /// reserved, reported once each.
+    pub fn service_event(&self, ctx: &Context, ev: &watcher::Event<Service>) {
+        let watcher::Event::Apply(svc) = ev else {
+            return;
+        };
         if !ctx.leadership.is_leader(Instant::now()) {
             return;
         }
-        let conflicts = ctx.allocator.reserved_conflicts_of(svc);
+        let key = ServiceKey::new(
+            svc.metadata.namespace.clone().unwrap_or_default(),
+            svc.metadata.name.clone().unwrap_or_default(),
+        );
+        let conflicts = ctx.allocator.reserved_conflicts_of(&key);
         self.report_conflicts(ctx, conflicts);
     }
 

@@ -9,6 +9,7 @@
 
 pub mod context;
 pub mod infra;
+mod infra_state;
 mod lease;
 pub mod reconciler;
 mod watches;
@@ -282,5 +283,7 @@ async fn config_watch(
             // The backoff retries; a failing watch is logged, never fatal.
             Err(e) => tracing::warn!(error = %e, "ConfigMap watch error"),
         }
+        // What the pools contain of the addresses the network uses may have changed.
+        ctx.infra.report_pools(&ctx);
     }
 }

@@ -11,7 +11,7 @@ use crate::config::{Config, Exclusion, FamilyPool, GLOBAL};
 use crate::index::{Holder, HolderId, UsedIndex};
 use crate::ipam::Family;
 use crate::reserved::{Holding, InPool, Network, ReservedAddress, Source, SourceKind};
-use crate::service::{ServiceKey, SvcInfo};
+use crate::service::ServiceKey;
 
 /// Holdings by source.
 pub(super) type BySource = HashMap<Source, Vec<Holding>, foldhash::fast::RandomState>;
@@ -157,11 +157,13 @@ impl Allocator {
         out
     }
 
-    /// The addresses of Service `svc` that are reserved, with what they are.
-    pub fn reserved_conflicts_of(&self, svc: &SvcInfo) -> Vec<ReservedConflict> {
+    /// The addresses of Service `key` that are reserved, with what they are.
+    pub fn reserved_conflicts_of(&self, key: &ServiceKey) -> Vec<ReservedConflict> {
         let inner = self.lock();
-        let key = svc.key();
         let mut out = Vec::new();
+        if inner.reserved.is_empty() {
+            return out;
+        }
         for ip in inner.index.addresses_of(&HolderId::Service(key.clone())) {
             for h in inner.index.holders(*ip) {
                 if let HolderId::Reserved(owner) = &h.id {
