@@ -281,7 +281,10 @@ async fn config_watch(
             Ok(Some(watcher::Event::Delete(_))) => ctx.config_changed(None).await,
             Ok(None) => return Ok(()),
             // The backoff retries; a failing watch is logged, never fatal.
-            Err(e) => tracing::warn!(error = %e, "ConfigMap watch error"),
+            Err(e) => {
+                tracing::warn!(error = %e, "ConfigMap watch error");
+                continue;
+            }
         }
         // What the pools contain of the addresses the network uses may have changed.
         ctx.infra.report_pools(&ctx);
