@@ -16,6 +16,7 @@ use crate::service::{
 };
 
 mod bounds;
+mod reserved;
 
 pub use bounds::{MAX_REQUESTED_ENTRIES, MAX_REQUESTED_LEN, check_bounds};
 use bounds::{entries, field_name, quoted};
@@ -210,6 +211,16 @@ fn requested(
             }
         }
     }
+    if kept.is_none() {
+        // Nodes, the API endpoint and exclusions are never anyone's (SPEC 4.9).
+        for ip in ips.iter().filter(|ip| !ip.is_unspecified()) {
+            if let Some(why) = reserved::refusal(&svc.namespace, *ip, view) {
+                return Decision::new(Outcome::Denied(format!(
+                    "{field}: {why}; choose another address"
+                )));
+            }
+        }
+    }
     let mut decision = Decision::new(Outcome::Requested { ips: ips.clone() });
     // An unchanged choice is not validated again (an unrelated edit of a Service that already
     // clashes is never denied), except for the (port, protocol) pairs the UPDATE adds: those
@@ -221,7 +232,9 @@ fn requested(
     if let Some(ports) = checked {
         for ip in ips.iter().filter(|ip| !ip.is_unspecified()) {
             for holder in view.index.holders(*ip) {
-                if view.me.contains(&holder.id) {
+                // A reserved address a kept choice holds was reported when it became reserved
+                // (AddressConflict); it does not block edits of the Service.
+                if view.me.contains(&holder.id) || matches!(holder.id, HolderId::Reserved(_)) {
                     continue;
                 }
                 if let Some(pair) = port_clash(&ports, holder.ports()) {
@@ -410,6 +423,8 @@ fn pick(
             pool.key
         ));
     }
+    let usable = reserved::usable(pool, family, ns, set, view)?;
+    let set = usable.as_ref();
     let order = view.config.search_order();
     if share && let Some(ip) = shareable(svc, set, view) {
         return Ok((ip, true));

@@ -14,6 +14,9 @@ use serde_json::Value;
 use crate::admission::objects::{Document, Sink};
 use crate::service::SvcInfo;
 
+mod network;
+pub use network::load_network;
+
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     #[error("cannot read {path}: {source}")]

@@ -1,7 +1,8 @@
 //! The cluster-wide view of used addresses (SPEC 4.1): address -> holders.
 //!
-//! Holders are Services (from the cache, a Services file, or admitted in standalone mode) and
-//! reservations (admission answers not yet seen in the cache). Updated incrementally: applying a
+//! Holders are Services (from the cache, a Services file, or admitted in standalone mode),
+//! reservations (admission answers not yet seen in the cache) and addresses the network already
+//! uses (nodes, the API endpoint: `HolderId::Reserved`). Updated incrementally: applying a
 //! Service replaces only that Service's entries, so nothing ever rescans all Services.
 
 use std::collections::HashMap;
@@ -83,6 +84,10 @@ pub enum HolderId {
     Service(ServiceKey),
     /// An admission answer or reconciler write not yet confirmed by the cache, by request id.
     Reservation(Arc<str>),
+    /// An address the network already uses (a node's, the API endpoint's), by its owner's
+    /// description (`node worker-1's InternalIP`, see `reserved`). Has no ports: it clashes
+    /// with every port, so sharing never picks it.
+    Reserved(Arc<str>),
 }
 
 #[derive(Clone, Debug)]
@@ -434,6 +439,41 @@ mod tests {
         assert_eq!(
             idx.first_shareable(&pool, SearchOrder::Ascending, &[]),
             None
+        );
+    }
+
+    #[test]
+    fn a_reserved_holder_is_used_and_clashes_with_every_port() {
+        let pool =
+            AddressSet::from_ranges(crate::ipam::Family::V4, &[(ip("10.0.0.1"), ip("10.0.0.3"))]);
+        let mut idx = UsedIndex::new();
+        let node = Holder::new(
+            HolderId::Reserved("node n's InternalIP".into()),
+            "node n's InternalIP",
+            &[],
+        );
+        idx.set_holder(node, &[ip("10.0.0.1")]);
+        idx.apply_service(&lb("ns", "web", "10.0.0.2"));
+        assert_eq!(
+            crate::ipam::next_free(&pool, idx.addrs(), SearchOrder::Ascending),
+            Some(ip("10.0.0.3"))
+        );
+        // Whatever the ports, only the Service's address can be shared.
+        for ports in [
+            vec![port(443, Protocol::Tcp)],
+            vec![port(53, Protocol::Udp)],
+        ] {
+            assert_eq!(
+                idx.first_shareable(&pool, SearchOrder::Ascending, &ports),
+                Some(ip("10.0.0.2"))
+            );
+        }
+        check(&idx);
+        // Gone, the address is free again.
+        idx.remove_holder(&HolderId::Reserved("node n's InternalIP".into()));
+        assert_eq!(
+            crate::ipam::next_free(&pool, idx.addrs(), SearchOrder::Ascending),
+            Some(ip("10.0.0.1"))
         );
     }
 

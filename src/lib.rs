@@ -21,6 +21,7 @@ pub mod live;
 pub mod metrics;
 pub mod plan;
 pub mod private_files;
+pub mod reserved;
 pub mod serve;
 pub mod server;
 pub mod service;

@@ -1,18 +1,26 @@
 //! One read of a live cluster, for `status` and `plan --kubeconfig`: the pool ConfigMap, every
-//! Service (decoded lean, as the watch does), the leader-election Lease and the certificates the
-//! webhook serves. Read-only: GET and LIST, nothing else.
+//! Service (decoded lean, as the watch does), what reserves addresses (Nodes, the API endpoint),
+//! the leader-election Lease and the certificates the webhook serves. Read-only: GET and LIST,
+//! nothing else.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
+use anyhow::Context as _;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::ListParams;
 
 use crate::admission::LeanService;
 use crate::ipam::Family;
+use crate::reserved::objects::{
+    self, CLUSTER_INFO_NAME, CLUSTER_INFO_NAMESPACE, KUBERNETES_NAMESPACE, KUBERNETES_SERVICE,
+    LeanNode,
+};
+use crate::reserved::{Holding, Source};
 use crate::service::SvcInfo;
 
 /// Bound on a single read (kube's client has no read timeout of its own).
@@ -73,6 +81,8 @@ pub struct Snapshot {
     /// `None`: the ConfigMap does not exist.
     pub config_data: Option<BTreeMap<String, String>>,
     pub services: Vec<SvcInfo>,
+    /// What reserves addresses: every Node, the kubernetes EndpointSlice, cluster-info.
+    pub network: Vec<(Source, Vec<Holding>)>,
     pub lease: Option<Lease>,
     pub certs: Vec<CertInfo>,
 }
@@ -84,6 +94,7 @@ pub async fn read(client: &kube::Client, target: &Target) -> anyhow::Result<Snap
         .await?
         .map(|cm| cm.data.unwrap_or_default());
     let services = list_services(client).await?;
+    let network = read_network(client).await?;
     let leases: Api<Lease> = Api::namespaced(client.clone(), &target.namespace);
     let lease = leases.get_opt(&target.lease_name).await?;
     let mut certs = Vec::new();
@@ -124,6 +135,7 @@ pub async fn read(client: &kube::Client, target: &Target) -> anyhow::Result<Snap
     Ok(Snapshot {
         config_data,
         services,
+        network,
         lease,
         certs,
     })
@@ -144,9 +156,37 @@ async fn list_services(client: &kube::Client) -> anyhow::Result<Vec<SvcInfo>> {
     Ok(out)
 }
 
+/// Nodes (paged, decoded lean), the `default/kubernetes` EndpointSlice and `cluster-info`, as
+/// the webhook watches them.
+pub async fn read_network(client: &kube::Client) -> anyhow::Result<Vec<(Source, Vec<Holding>)>> {
+    let mut out = Vec::new();
+    let nodes: Api<LeanNode> = Api::all(client.clone());
+    let mut params = ListParams::default().limit(PAGE);
+    loop {
+        let page = nodes.list(&params).await.context("cannot list Nodes")?;
+        out.extend(page.items.iter().map(|n| objects::node(&n.0)));
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => break,
+        }
+    }
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), KUBERNETES_NAMESPACE);
+    let by_name = ListParams::default().fields(&format!("metadata.name={KUBERNETES_SERVICE}"));
+    let listed = slices.list(&by_name).await.with_context(|| {
+        format!("cannot list the {KUBERNETES_NAMESPACE}/{KUBERNETES_SERVICE} EndpointSlice")
+    })?;
+    out.extend(listed.items.iter().map(objects::endpoint_slice));
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), CLUSTER_INFO_NAMESPACE);
+    let cm = configmaps
+        .get_opt(CLUSTER_INFO_NAME)
+        .await
+        .with_context(|| format!("cannot read {CLUSTER_INFO_NAMESPACE}/{CLUSTER_INFO_NAME}"))?;
+    out.push(objects::cluster_info(cm.as_ref()));
+    Ok(out)
+}
+
 /// A client from `--kubeconfig`, or the usual places (in-cluster, `$KUBECONFIG`, `~/.kube/config`).
 pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
-    use anyhow::Context as _;
     match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)

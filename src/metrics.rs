@@ -21,6 +21,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+mod reserved;
+use reserved::reserved_gauges;
+pub use reserved::{MAX_NAMED_RESERVED, ReservedStat};
+
 /// Prefix of every metric name.
 pub const PREFIX: &str = "kube_vip_webhook";
 
@@ -53,6 +57,10 @@ pub trait StatsSource: Send + Sync + 'static {
     fn config_errors(&self) -> usize;
     /// Whether the configuration (ConfigMap) exists.
     fn config_present(&self) -> bool;
+    /// Reserved addresses inside pools, sorted by pool and address (never handed out).
+    fn reserved_in_pools(&self) -> Vec<ReservedStat> {
+        Vec::new()
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -318,6 +326,7 @@ impl Collector for StatsCollector {
             &pools,
             |p| p.size.saturating_sub(p.used),
         )?;
+        reserved_gauges(&mut encoder, &pools, &self.0.reserved_in_pools())?;
         let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
         plain_gauge(
             &mut encoder,

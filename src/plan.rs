@@ -10,14 +10,21 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::engine::{Options, Outcome};
 use crate::files::{self, FileError};
+use crate::reserved::Network;
 use crate::service::SvcInfo;
 use crate::state::{Allocator, Confirm, Request};
+
+mod reserved;
+pub use reserved::{Reserved, reserved, reserved_table};
 
 pub struct PlanInput {
     pub configmap: PathBuf,
     pub services: Vec<PathBuf>,
     pub requests: Vec<PathBuf>,
     pub options: Options,
+    /// Nodes (and the API endpoint's objects) whose addresses are never handed out.
+    pub nodes: Vec<PathBuf>,
+    pub exclude: Option<crate::config::Exclusion>,
 }
 
 #[derive(Debug, Serialize)]
@@ -47,6 +54,8 @@ pub struct Plan {
     pub results: Vec<PlanResult>,
     pub pools: Vec<PoolUsage>,
     pub config_errors: Vec<String>,
+    /// Addresses never handed out, and why.
+    pub reserved: Reserved,
 }
 
 /// Decide every request in order (each result counts as used for the next). Without requests,
@@ -59,12 +68,17 @@ pub fn run(input: &PlanInput) -> Result<Plan, FileError> {
     } else {
         Some(files::load_svc_infos(&input.requests)?)
     };
+    let network = Network {
+        sources: files::load_network(&input.nodes)?,
+        exclude: input.exclude.clone(),
+    };
     Ok(decide_all(
         Some(config),
         &input.configmap.display().to_string(),
         &existing,
         requests,
         &input.options,
+        &network,
     ))
 }
 
@@ -76,6 +90,7 @@ pub fn decide_all(
     existing: &[SvcInfo],
     requests: Option<Vec<SvcInfo>>,
     options: &Options,
+    network: &Network,
 ) -> Plan {
     let mut config_errors: Vec<String> = config
         .as_ref()
@@ -84,7 +99,8 @@ pub fn decide_all(
     if config.is_none() {
         config_errors.push(format!("ConfigMap {config_name} does not exist"));
     }
-    let allocator = Allocator::new(options.clone(), Confirm::OnAdmit, config_name);
+    let allocator =
+        Allocator::new(options.clone(), Confirm::OnAdmit, config_name).with_network(network);
     allocator.set_config(config);
     allocator.reset_services(existing);
     let requests = requests.unwrap_or_else(|| {
@@ -133,6 +149,7 @@ pub fn decide_all(
         results,
         pools,
         config_errors,
+        reserved: reserved(&allocator),
     }
 }
 
@@ -183,6 +200,7 @@ pub fn render_table(plan: &Plan) -> String {
     }
     out.push('\n');
     pools_table(&mut out, &plan.pools, &plan.config_errors);
+    reserved_table(&mut out, &plan.reserved);
     out
 }
 

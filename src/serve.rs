@@ -39,6 +39,8 @@ pub struct Settings {
     pub client_auth: Option<crate::tls::ClientAuth>,
     /// What reviews may hold (reservations in total and per namespace).
     pub quotas: crate::state::Quotas,
+    /// `--exclude`: never handed out, in every namespace.
+    pub exclude: Option<crate::config::Exclusion>,
 }
 
 /// `serve --standalone`: pools and Services from files.
@@ -160,7 +162,8 @@ pub async fn start_standalone(
             Confirm::OnAdmit,
             configmap.display().to_string(),
         )
-        .with_quotas(settings.quotas),
+        .with_quotas(settings.quotas)
+        .with_exclusion(settings.exclude.clone()),
     );
     allocator.set_config(Some(config));
     allocator.reset_services(&files::load_svc_infos(&standalone.services)?);

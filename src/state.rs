@@ -10,6 +10,7 @@
 
 mod prepare;
 mod quota;
+mod reserved;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
@@ -30,6 +31,7 @@ pub use quota::{
     MAX_HELD_FROM_REVIEW, MAX_RESERVATION_TTL, MAX_RESERVED_PORT_ENTRIES, MIN_RESERVATION_TTL,
     Quotas,
 };
+pub use reserved::{ReservedChange, ReservedConflict};
 
 /// How admitted addresses become permanent holders.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +83,8 @@ struct Inner {
     usage: Usage,
     /// Standalone: Services admitted by reviews (they stay in the index; counted once each).
     admitted: HashSet<ServiceKey, foldhash::fast::RandomState>,
+    /// Addresses the network already uses, by source (see `state/reserved.rs`).
+    reserved: reserved::BySource,
 }
 
 /// A request to decide for one Service.
@@ -101,6 +105,8 @@ pub struct Allocator {
     confirm: Confirm,
     config_name: String,
     quotas: Quotas,
+    /// The operator's `--exclude`, added to every ConfigMap the allocator is given.
+    exclude: Option<crate::config::Exclusion>,
 }
 
 /// Who asks for a decision.
@@ -127,6 +133,7 @@ impl Allocator {
             confirm,
             config_name: config_name.into(),
             quotas: Quotas::default(),
+            exclude: None,
         }
     }
 
@@ -355,6 +362,7 @@ impl Allocator {
             for (holder, ips) in inner.reservation_holdings() {
                 fresh.set_holder(holder, &ips);
             }
+            reserved::add_all(&inner.reserved, &mut fresh);
             let old = std::mem::replace(&mut inner.index, fresh);
             inner.confirm_all_reservations();
             old
@@ -364,9 +372,13 @@ impl Allocator {
 
     /// New ConfigMap contents (`None`: the ConfigMap is missing). Parsed by the caller once per change.
     pub fn set_config(&self, config: Option<Config>) {
+        let present = config.is_some();
+        let mut config = config.unwrap_or_default();
+        config.set_operator_exclusion(self.exclude.clone());
+        let config = Arc::new(config);
         let mut inner = self.lock();
-        inner.config_present = config.is_some();
-        inner.config = Arc::new(config.unwrap_or_default());
+        inner.config_present = present;
+        inner.config = config;
     }
 
     pub fn config(&self) -> Arc<Config> {
@@ -411,11 +423,14 @@ impl Allocator {
         for pool in inner.config.pools() {
             for family in [Family::V4, Family::V6] {
                 if let Some(FamilyPool::Set(set)) = pool.family(family) {
+                    // What is excluded is not part of the pool (reserved addresses are used).
+                    let ns = reserved::pool_namespace(&pool.key);
+                    let set = inner.config.without_excluded(ns, set);
                     out.push(PoolStat {
                         pool: pool.key.clone(),
                         family: family.as_str(),
                         size: set.capacity(),
-                        used: inner.index.addrs().count_in(set),
+                        used: inner.index.addrs().count_in(&set),
                     });
                 }
             }
@@ -500,7 +515,7 @@ impl Inner {
             let confirmed = self.index.addresses_of(&hid).iter().any(|ip| {
                 self.index.holders(*ip).iter().any(|h| match &h.id {
                     HolderId::Service(key) => r.matches(key),
-                    HolderId::Reservation(_) => false,
+                    HolderId::Reservation(_) | HolderId::Reserved(_) => false,
                 })
             });
             if confirmed {
@@ -566,5 +581,16 @@ impl StatsSource for Allocator {
     }
     fn config_present(&self) -> bool {
         Allocator::config_present(self)
+    }
+    fn reserved_in_pools(&self) -> Vec<crate::metrics::ReservedStat> {
+        Allocator::reserved_in_pools(self)
+            .into_iter()
+            .map(|r| crate::metrics::ReservedStat {
+                pool: r.pool,
+                family: Family::of(r.address).as_str(),
+                address: r.address.to_string(),
+                owner: r.owner,
+            })
+            .collect()
     }
 }

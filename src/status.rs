@@ -11,7 +11,8 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::engine::{Options, Outcome};
 use crate::live::{CertInfo, Snapshot};
-use crate::plan::{PoolUsage, pool_usage, pools_table, table};
+use crate::plan::{PoolUsage, Reserved, pool_usage, pools_table, reserved, reserved_table, table};
+use crate::reserved::Network;
 use crate::state::{Allocator, Confirm, Request};
 
 #[derive(Debug, Serialize)]
@@ -21,6 +22,8 @@ pub struct Report {
     pub configmap_present: bool,
     pub config_errors: Vec<String>,
     pub pools: Vec<PoolUsage>,
+    /// Addresses never handed out, and why.
+    pub reserved: Reserved,
     pub waiting: Vec<Waiting>,
     pub conflicts: Vec<Conflict>,
     /// Address entries on Services that do not parse (skipped when allocating).
@@ -62,13 +65,24 @@ pub struct Certificate {
     pub days_left: i64,
 }
 
-pub fn report(snapshot: &Snapshot, options: &Options, configmap: &str, now: SystemTime) -> Report {
+pub fn report(
+    snapshot: &Snapshot,
+    options: &Options,
+    exclude: Option<crate::config::Exclusion>,
+    configmap: &str,
+    now: SystemTime,
+) -> Report {
     let config = snapshot.config_data.as_ref().map(Config::from_data);
     let config_errors = config
         .as_ref()
         .map(|c| c.errors().iter().map(ToString::to_string).collect())
         .unwrap_or_default();
-    let allocator = Allocator::new(options.clone(), Confirm::OnAdmit, configmap);
+    let network = Network {
+        sources: snapshot.network.clone(),
+        exclude,
+    };
+    let allocator =
+        Allocator::new(options.clone(), Confirm::OnAdmit, configmap).with_network(&network);
     allocator.set_config(config);
     allocator.reset_services(&snapshot.services);
 
@@ -143,6 +157,7 @@ pub fn report(snapshot: &Snapshot, options: &Options, configmap: &str, now: Syst
         configmap_present: snapshot.config_data.is_some(),
         config_errors,
         pools: pool_usage(&allocator),
+        reserved: reserved(&allocator),
         waiting,
         conflicts: conflicts.into_iter().collect(),
         malformed_addresses: allocator.malformed_count(),
@@ -169,6 +184,7 @@ pub fn render_table(r: &Report) -> String {
         );
     }
     pools_table(&mut out, &r.pools, &r.config_errors);
+    reserved_table(&mut out, &r.reserved);
     out.push('\n');
     if r.waiting.is_empty() {
         out.push_str("No Service is waiting for an address.\n");

@@ -15,7 +15,7 @@ mod webhook_proc;
 
 use std::collections::HashSet;
 
-use e2e::{E2e, annotation, eventually, lb};
+use e2e::{E2e, annotation, cli_json, eventually, lb};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -375,25 +375,6 @@ async fn a_refused_write_frees_its_address_and_says_why() {
     // Not retried in a loop: one refusal until huge changes.
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     assert_eq!(wh.log_lines("write refused").len(), 1);
-}
-
-/// Run the binary's read-only commands against the envtest cluster as an operator would.
-async fn cli_json(args: Vec<String>) -> serde_json::Value {
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_kube-vip-webhook"))
-            .args(&args)
-            .env_remove("KUBECONFIG")
-            .output()
-            .expect("run the binary")
-    })
-    .await
-    .expect("join");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -301,6 +301,8 @@ enum Obj {
     Certificate(Box<Certificate>),
     Lease(Box<Lease>),
     Secret(Box<Secret>),
+    /// Only in `manifest/examples/nodes.yaml` (input for `plan --nodes`): checked, not kept.
+    Node,
     ServiceMonitor(Box<ServiceMonitor>),
     PrometheusRule(Box<PrometheusRule>),
 }
@@ -391,6 +393,10 @@ fn typed(doc: &Doc) -> Result<Obj, String> {
         ("cert-manager.io/v1", "Certificate") => Obj::Certificate(round_trip(v)?),
         ("coordination.k8s.io/v1", "Lease") => Obj::Lease(round_trip(v)?),
         ("v1", "Secret") => Obj::Secret(round_trip(v)?),
+        ("v1", "Node") => {
+            round_trip::<k8s_openapi::api::core::v1::Node>(v)?;
+            Obj::Node
+        }
         ("monitoring.coreos.com/v1", "ServiceMonitor") => Obj::ServiceMonitor(round_trip(v)?),
         ("monitoring.coreos.com/v1", "PrometheusRule") => Obj::PrometheusRule(round_trip(v)?),
         _ => return Err(format!("unexpected apiVersion/kind {api_version}/{kind}")),

@@ -115,3 +115,96 @@ fn unreadable_input_is_the_only_failure() {
     ]);
     assert!(out.status.success());
 }
+
+/// Issue 14: Nodes and cluster-info from a file, `--exclude`: never handed out, pinning one is
+/// denied naming its owner, and the plan lists them with the pools that contain them.
+#[test]
+fn nodes_the_api_endpoint_and_exclusions_are_never_handed_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let requests = dir.path().join("requests.yaml");
+    let svc = |name: &str, pinned: Option<&str>| {
+        let annotations = pinned.map_or(String::new(), |ip| {
+            format!("\n  annotations: {{kube-vip.io/loadbalancerIPs: \"{ip}\"}}")
+        });
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default{annotations}\n\
+             spec:\n  type: LoadBalancer\n  ports: [{{port: 80}}]\n"
+        )
+    };
+    let docs = [
+        svc("pinned-node", Some("192.168.10.202")),
+        svc("pinned-excluded", Some("192.168.10.201")),
+        svc("a", None),
+        svc("b", None),
+    ];
+    std::fs::write(&requests, docs.join("---\n")).unwrap();
+    let args = [
+        "--configmap",
+        CM,
+        "--services",
+        "manifest/examples/services.yaml",
+        "--nodes",
+        "manifest/examples/nodes.yaml",
+        "--exclude",
+        "192.168.10.201,192.168.10.203",
+        "--request",
+        requests.to_str().unwrap(),
+    ];
+    let out = plan(&[&args[..], &["-o", "json"]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let results = v["results"].as_array().unwrap();
+    let by_name = |n: &str| results.iter().find(|r| r["name"] == n).unwrap().clone();
+    let error = |n: &str| by_name(n)["error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        error("pinned-node").contains("address 192.168.10.202 is node worker-1's InternalIP"),
+        "{}",
+        error("pinned-node")
+    );
+    assert!(
+        error("pinned-excluded").contains("address 192.168.10.201 is excluded by --exclude"),
+        "{}",
+        error("pinned-excluded")
+    );
+    // .200 and .201 (the examples' Services: .201 is pinned there, exclusions never move a
+    // holder) are used, .202 is worker-1, .203 is excluded: the next free are .204 and .205.
+    assert_eq!(by_name("a")["ips"], serde_json::json!(["192.168.10.204"]));
+    assert_eq!(by_name("b")["ips"], serde_json::json!(["192.168.10.205"]));
+    let reserved = &v["reserved"];
+    assert_eq!(
+        reserved["addresses"],
+        serde_json::json!([
+            {"address": "192.168.1.12", "owner": "node worker-2's InternalIP", "pools": []},
+            {"address": "192.168.10.202", "owner": "node worker-1's InternalIP",
+             "pools": ["range-global"]},
+            {"address": "192.168.10.210", "owner": "the API endpoint (server \
+              https://192.168.10.210:6443 in ConfigMap kube-public/cluster-info)",
+             "pools": ["range-global"]},
+        ])
+    );
+    assert_eq!(
+        reserved["excluded"],
+        serde_json::json!([{"source": "--exclude",
+                            "addresses": "192.168.10.201, 192.168.10.203"}])
+    );
+    let text = String::from_utf8(plan(&args).stdout).unwrap();
+    assert!(text.contains("NEVER HANDED OUT"), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("192.168.10.202")
+            && l.contains("node worker-1's InternalIP")
+            && l.ends_with("range-global")),
+        "{text}"
+    );
+    // A bad --exclude entry is refused, not ignored.
+    let out = plan(&["--configmap", CM, "--exclude", "192.168.10.300"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--exclude: entry \"192.168.10.300\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

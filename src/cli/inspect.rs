@@ -31,6 +31,11 @@ pub struct PlanArgs {
     /// Existing Services (the cluster): their addresses count as used. Repeatable.
     #[arg(long, conflicts_with_all = ["live", "kubeconfig"])]
     pub services: Vec<PathBuf>,
+    /// Nodes (`kubectl get nodes -o yaml`), and optionally the default/kubernetes EndpointSlice
+    /// and the kube-public/cluster-info ConfigMap: their addresses are never handed out.
+    /// Repeatable.
+    #[arg(long, conflicts_with_all = ["live", "kubeconfig"])]
+    pub nodes: Vec<PathBuf>,
     /// Read the ConfigMap and every Service from this cluster instead of files.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
@@ -122,6 +127,10 @@ pub async fn run_plan(args: PlanArgs) -> anyhow::Result<()> {
             &snapshot.services,
             requests,
             &live_options(&args.allocation, &client).await,
+            &crate::reserved::Network {
+                sources: snapshot.network,
+                exclude: args.allocation.exclusion()?,
+            },
         )
     } else {
         let configmap = args
@@ -132,6 +141,8 @@ pub async fn run_plan(args: PlanArgs) -> anyhow::Result<()> {
             services: args.services,
             requests: args.request,
             options: args.allocation.options(Family::V4),
+            nodes: args.nodes,
+            exclude: args.allocation.exclusion()?,
         })?
     };
     print(args.output, &plan, crate::plan::render_table)
@@ -154,6 +165,7 @@ pub async fn run_status(args: StatusArgs) -> anyhow::Result<()> {
     let report = crate::status::report(
         &snapshot,
         &options,
+        args.allocation.exclusion()?,
         &format!("{}/{}", c.kubevip_namespace, c.kubevip_config_map),
         SystemTime::now(),
     );

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub use inspect::{PlanArgs, StatusArgs};
 pub use serve::{ClusterArgs, ServeArgs, start};
 
+use crate::config::Exclusion;
 use crate::engine::{ClassMode, DEFAULT_CLASS, Options};
 use crate::ipam::Family;
 
@@ -52,9 +53,24 @@ pub struct AllocationArgs {
     #[arg(long, env = "KUBEVIP_WRITE_LOADBALANCER_IP", value_parser = BoolishValueParser::new(),
           default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
     pub write_load_balancer_ip: bool,
+    /// Addresses never handed out, in every namespace, whatever the pools say (gateways,
+    /// addresses outside Kubernetes): CIDRs, `a-b` ranges or single addresses, comma-separated,
+    /// IPv4 and IPv6. Repeatable. Added to the ConfigMap's `exclude-*` keys.
+    #[arg(long, env = "KUBEVIP_WEBHOOK_EXCLUDE")]
+    pub exclude: Vec<String>,
 }
 
 impl AllocationArgs {
+    /// The `--exclude` addresses; a bad entry is an error (a flag is fixed at start: better to
+    /// refuse to start than to hand out an address the operator meant to keep).
+    pub fn exclusion(&self) -> anyhow::Result<Option<Exclusion>> {
+        let (exclusion, bad) = Exclusion::parse("--exclude", &self.exclude.join(","));
+        if let Some((entry, reason)) = bad.first() {
+            anyhow::bail!("--exclude: entry {entry:?}: {reason}");
+        }
+        Ok((!exclusion.is_empty()).then_some(exclusion))
+    }
+
     pub fn options(&self, default_family: Family) -> Options {
         Options {
             class_mode: if self.enable_loadbalancer_class {

@@ -166,8 +166,8 @@ fn secs(s: u64) -> Duration {
 }
 
 impl ServeArgs {
-    fn serve_settings(&self) -> serve::Settings {
-        serve::Settings {
+    fn serve_settings(&self) -> anyhow::Result<serve::Settings> {
+        Ok(serve::Settings {
             listen: self.listen,
             admin_listen: self.admin_listen,
             options: self.allocation.options(Family::V4),
@@ -184,7 +184,8 @@ impl ServeArgs {
                 per_namespace: self.max_reservations_per_namespace as usize,
                 ..crate::state::Quotas::default()
             },
-        }
+            exclude: self.allocation.exclusion()?,
+        })
     }
 
     /// Standalone settings (`--standalone`).
@@ -248,7 +249,7 @@ impl ServeArgs {
             None
         };
         Ok(cluster::Settings {
-            serve: self.serve_settings(),
+            serve: self.serve_settings()?,
             default_family: self.allocation.default_ip_family.map(Family::from),
             kubeconfig: c.kubeconfig.clone(),
             config_namespace: c.kubevip_namespace.clone(),
@@ -298,7 +299,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 /// what `run` does, for embedding and tests.
 pub async fn start(args: &ServeArgs, stop: Stop) -> anyhow::Result<crate::serve::Running> {
     if args.standalone {
-        serve::start_standalone(&args.serve_settings(), &args.standalone()?, stop).await
+        serve::start_standalone(&args.serve_settings()?, &args.standalone()?, stop).await
     } else {
         cluster::start(args.cluster_settings()?, stop).await
     }

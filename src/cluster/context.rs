@@ -37,6 +37,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub leadership: Leadership,
     recorder: Recorder,
+    reporter: Reporter,
     events_in_flight: Arc<tokio::sync::Semaphore>,
     /// `namespace/name` of the pool ConfigMap, for messages.
     pub config_name: String,
@@ -52,6 +53,8 @@ pub struct Context {
     listing: Mutex<Vec<SvcInfo>>,
     /// Last AllocationFailed reason per Service, so a retry that fails the same way is quiet.
     last_failure: Mutex<HashMap<ObjectRef<Service>, String>>,
+    /// Addresses the network already uses: sync state and what was reported (`infra_state.rs`).
+    pub(super) infra: super::infra_state::Infra,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -68,19 +71,18 @@ impl Context {
         config_name: String,
     ) -> Self {
         let (wake, wake_rx) = mpsc::unbounded_channel();
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: MANAGER.into(),
-                instance: Some(instance),
-            },
-        );
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: Some(instance),
+        };
+        let recorder = Recorder::new(client.clone(), reporter.clone());
         Context {
             client,
             allocator,
             metrics,
             leadership,
             recorder,
+            reporter,
             events_in_flight: Arc::new(tokio::sync::Semaphore::new(EVENTS_IN_FLIGHT)),
             config_name,
             waiting: Mutex::default(),
@@ -90,6 +92,7 @@ impl Context {
             reported_clashes: Mutex::default(),
             listing: Mutex::default(),
             last_failure: Mutex::default(),
+            infra: super::infra_state::Infra::default(),
         }
     }
 
@@ -129,6 +132,17 @@ impl Context {
     /// Publish an Event, from the leader only (or every Event would be doubled), without waiting
     /// for it (see [`EVENTS_IN_FLIGHT`]).
     pub fn event(&self, reference: &ObjectReference, ev: Event) {
+        self.send(self.recorder.clone(), reference, ev);
+    }
+
+    /// [`Context::event`] as a new Event, never folded into the series of an earlier one with
+    /// the same reason (a series keeps its first note; this note says what changed).
+    pub fn event_new(&self, reference: &ObjectReference, ev: Event) {
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        self.send(recorder, reference, ev);
+    }
+
+    fn send(&self, recorder: Recorder, reference: &ObjectReference, ev: Event) {
         if !self.leadership.is_leader(Instant::now()) {
             return;
         }
@@ -136,11 +150,7 @@ impl Context {
             tracing::warn!(object = ?reference.name, reason = %ev.reason, "too many Events in flight; this one is dropped");
             return;
         };
-        let (recorder, metrics, reference) = (
-            self.recorder.clone(),
-            self.metrics.clone(),
-            reference.clone(),
-        );
+        let (metrics, reference) = (self.metrics.clone(), reference.clone());
         tokio::spawn(async move {
             publish(&recorder, &metrics, &reference, ev).await;
             drop(permit);
@@ -291,12 +301,16 @@ pub fn truncated(mut s: String) -> String {
     s
 }
 
-/// Both caches synced: this replica knows every used address. Drives readiness (never again
+/// Every cache synced (Services, the ConfigMap, the addresses the network uses): this replica
+/// knows every used address. Drives readiness (never again
 /// once stopping began) and lets the leadership allocate.
 #[derive(Clone)]
 pub struct Synced {
     services: Arc<AtomicBool>,
     config: Arc<AtomicBool>,
+    /// Nodes, the kubernetes EndpointSlices and cluster-info read once (`infra.rs`): never
+    /// ready (so never allocating) before every address the network uses is known.
+    infra: Arc<AtomicBool>,
     readiness: Readiness,
     leadership: Leadership,
     stopping: CancellationToken,
@@ -307,6 +321,7 @@ impl Synced {
         Synced {
             services: Arc::default(),
             config: Arc::default(),
+            infra: Arc::default(),
             readiness,
             leadership,
             stopping,
@@ -323,8 +338,15 @@ impl Synced {
         self.update();
     }
 
+    pub fn infra_synced(&self) {
+        self.infra.store(true, Ordering::SeqCst);
+        self.update();
+    }
+
     fn update(&self) {
-        let ready = self.services.load(Ordering::SeqCst) && self.config.load(Ordering::SeqCst);
+        let ready = [&self.services, &self.config, &self.infra]
+            .iter()
+            .all(|f| f.load(Ordering::SeqCst));
         if !ready {
             return;
         }

@@ -3,10 +3,13 @@
 //!
 //! One watch over all Services feeds both the used-address index (incrementally, so admission
 //! never scans) and the reconciler; one watch over the pool ConfigMap re-parses it only when it
-//! changes. Every replica keeps the caches and answers admissions; only the one the
-//! [`Leadership`] allows allocates, the others forward to it.
+//! changes; Nodes, the `kubernetes` EndpointSlices and `kube-public/cluster-info` give the
+//! addresses the network already uses (`infra`). Every replica keeps the caches and answers
+//! admissions; only the one the [`Leadership`] allows allocates, the others forward to it.
 
 pub mod context;
+pub mod infra;
+mod infra_state;
 mod lease;
 pub mod reconciler;
 mod watches;
@@ -103,7 +106,8 @@ pub async fn start_with_client(
             },
             settings.config_ref(),
         )
-        .with_quotas(settings.serve.quotas),
+        .with_quotas(settings.serve.quotas)
+        .with_exclusion(settings.serve.exclude.clone()),
     );
     let metrics = Arc::new(Metrics::new(allocator.clone()));
     let (tls, identity, ca) = match &settings.certs {
@@ -202,6 +206,7 @@ pub async fn start_with_client(
         synced.clone(),
         stop.clone(),
     ));
+    running.spawn(infra::run(ctx.clone(), synced.clone(), stop.clone()));
     running.spawn(reconciler::run(ctx, synced, stop.shutdown.clone()));
     let (alloc, token) = (allocator, stop.shutdown);
     running.spawn(async move {
@@ -276,7 +281,12 @@ async fn config_watch(
             Ok(Some(watcher::Event::Delete(_))) => ctx.config_changed(None).await,
             Ok(None) => return Ok(()),
             // The backoff retries; a failing watch is logged, never fatal.
-            Err(e) => tracing::warn!(error = %e, "ConfigMap watch error"),
+            Err(e) => {
+                tracing::warn!(error = %e, "ConfigMap watch error");
+                continue;
+            }
         }
+        // What the pools contain of the addresses the network uses may have changed.
+        ctx.infra.report_pools(&ctx);
     }
 }

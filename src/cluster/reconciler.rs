@@ -90,7 +90,10 @@ pub async fn run(
     let options = ctx.allocator.options().clone();
     let stream = service_stream(ctx.client.clone())
         // Every event feeds the used-address index first.
-        .inspect_ok(move |ev| index_ctx.index_event(ev, &synced))
+        .inspect_ok(move |ev| {
+            index_ctx.index_event(ev, &synced);
+            index_ctx.infra.service_event(&index_ctx, ev);
+        })
         // The controller's store keeps only Services that still need an address: a cache of
         // every Service would be most of our memory at 100k Services, and nothing else reads it.
         .try_filter_map(move |ev| std::future::ready(Ok(pending_only(ev, &options))))

@@ -14,6 +14,7 @@
 //!   `global == true`.
 //! * A key whose suffix cannot be a namespace name (`cidr-Web`) is kept but reported: it never applies.
 
+mod exclude;
 mod parse;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::IpNet;
 
 use crate::ipam::{AddressSet, Family, SearchOrder};
+
+pub use exclude::Exclusion;
 
 /// Key of the global search order.
 pub const SEARCH_ORDER_KEY: &str = "search-order";
@@ -145,6 +148,10 @@ pub struct Config {
     search_order: SearchOrder,
     skip_end: bool,
     errors: Vec<ConfigError>,
+    /// `exclude-*` keys by suffix (namespace or `global`), see `exclude.rs`.
+    exclude: BTreeMap<String, Exclusion>,
+    /// The operator's `--exclude` flag (not from the ConfigMap; set by the allocator).
+    operator_exclude: Option<Exclusion>,
 }
 
 impl Config {
@@ -189,6 +196,7 @@ impl Config {
             RANGE_PREFIX,
             ALLOW_SHARE_PREFIX,
             INTERFACE_PREFIX,
+            exclude::EXCLUDE_PREFIX,
         ];
         let Some((prefix, suffix)) = prefixes
             .into_iter()
@@ -228,6 +236,10 @@ impl Config {
                     &mut self.range
                 };
                 map.insert(suffix, pool);
+            }
+            exclude::EXCLUDE_PREFIX => {
+                let excl = exclude::from_key(key, value, &mut self.errors);
+                self.exclude.insert(suffix, excl);
             }
             ALLOW_SHARE_PREFIX => {
                 let share = parse::boolean(value).unwrap_or_else(|reason| {

@@ -119,6 +119,56 @@ impl AddressSet {
             .map(|&(s, e)| (from_u128(self.family, s), from_u128(self.family, e)))
     }
 
+    /// The addresses of `self` that are not in `other` (an empty set when `other` covers
+    /// everything; `self` when the families differ). O(a + b) intervals: exclusions are
+    /// subtracted from a pool without ever walking addresses.
+    pub fn minus(&self, other: &AddressSet) -> AddressSet {
+        if other.family != self.family || other.intervals.is_empty() {
+            return self.clone();
+        }
+        let mut out = Vec::with_capacity(self.intervals.len());
+        let mut cut = other.intervals.iter().peekable();
+        for &(s, e) in &self.intervals {
+            let mut start = s;
+            // Cuts that end before this interval can no longer matter (both lists ascend).
+            while cut.next_if(|&&(_, ce)| ce < start).is_some() {}
+            let mut open = true;
+            for &(cs, ce) in cut.clone() {
+                if cs > e {
+                    break;
+                }
+                if cs > start {
+                    out.push((start, cs - 1));
+                }
+                if ce >= e {
+                    open = false;
+                    break;
+                }
+                start = ce + 1;
+            }
+            if open {
+                out.push((start, e));
+            }
+        }
+        AddressSet {
+            family: self.family,
+            intervals: out,
+        }
+    }
+
+    /// Every address of `self` or `other` (same family; `self` unchanged otherwise).
+    pub fn union(&self, other: &AddressSet) -> AddressSet {
+        if other.family != self.family {
+            return self.clone();
+        }
+        let mut all = self.intervals.clone();
+        all.extend_from_slice(&other.intervals);
+        AddressSet {
+            family: self.family,
+            intervals: normalize(all),
+        }
+    }
+
     /// The intervals in numeric form, ascending.
     pub(crate) fn raw_intervals(&self) -> &[(u128, u128)] {
         &self.intervals
@@ -431,6 +481,60 @@ mod tests {
         assert_eq!(p, vec![(0, u128::MAX, 0)]);
         let p = prefixes(Family::V4, 1, 6);
         assert_eq!(p, vec![(1, 1, 32), (2, 3, 31), (4, 5, 31), (6, 6, 32)]);
+    }
+
+    #[test]
+    fn minus_cuts_intervals_and_matches_a_count() {
+        let pool = AddressSet::from_ranges(
+            Family::V4,
+            &[
+                (ip("10.0.0.0"), ip("10.0.0.20")),
+                (ip("10.0.0.30"), ip("10.0.0.40")),
+                (ip("10.0.1.0"), ip("10.0.1.3")),
+            ],
+        );
+        let cut = AddressSet::from_ranges(
+            Family::V4,
+            &[
+                (ip("9.0.0.0"), ip("10.0.0.2")),
+                (ip("10.0.0.5"), ip("10.0.0.5")),
+                (ip("10.0.0.18"), ip("10.0.0.31")),
+                (ip("10.0.0.40"), ip("10.0.0.40")),
+                (ip("10.0.1.0"), ip("10.0.1.3")),
+            ],
+        );
+        let left = pool.minus(&cut);
+        assert_eq!(
+            left.to_string(),
+            "10.0.0.3-10.0.0.4, 10.0.0.6-10.0.0.17, 10.0.0.32-10.0.0.39"
+        );
+        // Address by address: in the pool and not cut.
+        for v in to_u128(ip("9.255.255.0"))..=to_u128(ip("10.0.1.10")) {
+            let a = from_u128(Family::V4, v);
+            assert_eq!(
+                left.contains(a),
+                pool.contains(a) && !cut.contains(a),
+                "{a}"
+            );
+        }
+        assert_eq!(pool.minus(&pool).to_string(), "(empty)");
+        assert_eq!(pool.minus(&AddressSet::empty(Family::V4)), pool);
+        // Another family cuts nothing; the top of IPv6 does not overflow.
+        assert_eq!(pool.minus(&cidrs(Family::V6, &["::/0"], false)), pool);
+        let top = cidrs(Family::V6, &["ffff::/16"], false);
+        let cut = AddressSet::from_ranges(
+            Family::V6,
+            &[(ip("ffff::5"), ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"))],
+        );
+        assert_eq!(top.minus(&cut).to_string(), "ffff::-ffff::4");
+    }
+
+    #[test]
+    fn union_merges() {
+        let a = AddressSet::from_ranges(Family::V4, &[(ip("10.0.0.1"), ip("10.0.0.3"))]);
+        let b = AddressSet::from_ranges(Family::V4, &[(ip("10.0.0.4"), ip("10.0.0.9"))]);
+        assert_eq!(a.union(&b).to_string(), "10.0.0.1-10.0.0.9");
+        assert_eq!(a.union(&cidrs(Family::V6, &["fd00::/64"], false)), a);
     }
 
     #[test]

@@ -309,7 +309,7 @@ pub fn check(data: &BTreeMap<String, String>, cfg: &Config) -> Result<(), TestCa
         errors.windows(2).all(|w| w[0].key <= w[1].key),
         "errors not sorted by key"
     );
-    let prefixes = ["cidr-", "range-", "allow-share-", "interface-"];
+    let prefixes = ["cidr-", "range-", "allow-share-", "interface-", "exclude-"];
     for key in data.keys() {
         let known = SPECIAL_KEYS.contains(&key.as_str())
             || prefixes
@@ -373,6 +373,18 @@ pub fn check(data: &BTreeMap<String, String>, cfg: &Config) -> Result<(), TestCa
                     pool.key,
                     order
                 );
+                // Exclusions: what the pool's own Services may get is never excluded for them.
+                let ns = pool.key.split_once('-').map_or("global", |(_, ns)| ns);
+                if let Some(ip) = next_free(&cfg.without_excluded(ns, set), &used, order) {
+                    prop_assert!(set.is_allocatable(ip), "{} hands out {}", pool.key, ip);
+                    prop_assert!(
+                        cfg.excluded(ns, ip).is_none(),
+                        "{} hands out {}, excluded for {}",
+                        pool.key,
+                        ip,
+                        ns
+                    );
+                }
                 if let Some(ip) = got {
                     prop_assert_eq!(Family::of(ip), family);
                     prop_assert!(!is_filtered(ip), "{} hands out {}", pool.key, ip);

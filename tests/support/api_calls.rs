@@ -148,6 +148,43 @@ pub const API_CALLS: &[ApiCall] = &[
         At::In(NAMESPACE),
         Some(NAME),
     ),
+    // Addresses the network already uses (SPEC 4.9): every Node (cluster-wide watcher), the
+    // apiservers' EndpointSlice `default/kubernetes` and `kube-public/cluster-info` (each a
+    // watcher with fieldSelector metadata.name, authorised as that name).
+    call(For::Both, "", "nodes", "list", At::ClusterScoped, None),
+    call(For::Both, "", "nodes", "watch", At::ClusterScoped, None),
+    call(
+        For::Both,
+        "discovery.k8s.io",
+        "endpointslices",
+        "list",
+        At::In("default"),
+        Some("kubernetes"),
+    ),
+    call(
+        For::Both,
+        "discovery.k8s.io",
+        "endpointslices",
+        "watch",
+        At::In("default"),
+        Some("kubernetes"),
+    ),
+    call(
+        For::Both,
+        "",
+        "configmaps",
+        "list",
+        At::In("kube-public"),
+        Some("cluster-info"),
+    ),
+    call(
+        For::Both,
+        "",
+        "configmaps",
+        "watch",
+        At::In("kube-public"),
+        Some("cluster-info"),
+    ),
     // Self-signed bootstrap: the certificate Secret (created empty by the self-signed overlay,
     // filled and renewed by update) and our webhook's caBundle.
     call(

@@ -256,3 +256,22 @@ pub fn lb(name: &str, port: i32) -> Service {
 pub fn annotation(svc: &Service) -> Option<String> {
     svc.metadata.annotations.as_ref()?.get(ANNOTATION).cloned()
 }
+
+/// Run the binary's read-only commands against the envtest cluster as an operator would.
+pub async fn cli_json(args: Vec<String>) -> serde_json::Value {
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kube-vip-webhook"))
+            .args(&args)
+            .env_remove("KUBECONFIG")
+            .output()
+            .expect("run the binary")
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}

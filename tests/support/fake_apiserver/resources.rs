@@ -91,6 +91,14 @@ pub fn builtins() -> Vec<ResourceDef> {
         ResourceDef::new("", "v1", "secrets", "Secret", true).with_field_labels(&["type"]),
         ResourceDef::new("", "v1", "events", "Event", true).with_field_labels(&event_fields),
         ResourceDef::new("", "v1", "endpoints", "Endpoints", true),
+        ResourceDef::new("", "v1", "nodes", "Node", false),
+        ResourceDef::new(
+            "discovery.k8s.io",
+            "v1",
+            "endpointslices",
+            "EndpointSlice",
+            true,
+        ),
         ResourceDef::new("", "v1", "namespaces", "Namespace", false)
             .with_status(Some(json!({ "phase": "Active" }))),
         ResourceDef::new("events.k8s.io", "v1", "events", "Event", true),
