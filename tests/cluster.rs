@@ -431,6 +431,24 @@ async fn bad_configmap_entries_raise_an_event_and_missing_configmap_is_not_creat
     })
     .await;
     assert_eq!(ip, "10.3.0.1");
+
+    // Other bad entries: the Event says what is wrong now (not folded into the first one's note).
+    c.fake
+        .upsert(&configmap(&[
+            ("cidr-global", "10.3.0.0/30"),
+            ("range-other", "10.3.1.9-10.3.1.1"),
+        ]))
+        .unwrap();
+    eventually(
+        "an InvalidConfiguration Event naming the new entry",
+        || async {
+            events(&c.fake, "kube-system", "InvalidConfiguration")
+                .into_iter()
+                .any(|ev| ev.note.is_some_and(|n| n.contains("range-other")))
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,7 +36,6 @@ pub struct Context {
     pub allocator: Arc<Allocator>,
     pub metrics: Arc<Metrics>,
     pub leadership: Leadership,
-    recorder: Recorder,
     reporter: Reporter,
     events_in_flight: Arc<tokio::sync::Semaphore>,
     /// `namespace/name` of the pool ConfigMap, for messages.
@@ -75,13 +74,11 @@ impl Context {
             controller: MANAGER.into(),
             instance: Some(instance),
         };
-        let recorder = Recorder::new(client.clone(), reporter.clone());
         Context {
             client,
             allocator,
             metrics,
             leadership,
-            recorder,
             reporter,
             events_in_flight: Arc::new(tokio::sync::Semaphore::new(EVENTS_IN_FLIGHT)),
             config_name,
@@ -130,19 +127,10 @@ impl Context {
     }
 
     /// Publish an Event, from the leader only (or every Event would be doubled), without waiting
-    /// for it (see [`EVENTS_IN_FLIGHT`]).
+    /// for it (see [`EVENTS_IN_FLIGHT`]). Always a new Event: we send one only when something
+    /// changed, and kube's `Recorder` would fold it into an earlier Event of the same reason and
+    /// object, whose series keeps the first note (the new one says what changed).
     pub fn event(&self, reference: &ObjectReference, ev: Event) {
-        self.send(self.recorder.clone(), reference, ev);
-    }
-
-    /// [`Context::event`] as a new Event, never folded into the series of an earlier one with
-    /// the same reason (a series keeps its first note; this note says what changed).
-    pub fn event_new(&self, reference: &ObjectReference, ev: Event) {
-        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
-        self.send(recorder, reference, ev);
-    }
-
-    fn send(&self, recorder: Recorder, reference: &ObjectReference, ev: Event) {
         if !self.leadership.is_leader(Instant::now()) {
             return;
         }
@@ -150,6 +138,7 @@ impl Context {
             tracing::warn!(object = ?reference.name, reason = %ev.reason, "too many Events in flight; this one is dropped");
             return;
         };
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
         let (metrics, reference) = (self.metrics.clone(), reference.clone());
         tokio::spawn(async move {
             publish(&recorder, &metrics, &reference, ev).await;
@@ -267,8 +256,7 @@ impl Context {
                     action: "CheckAddress".into(),
                     secondary: None,
                 };
-                let (recorder, metrics) = (self.recorder.clone(), self.metrics.clone());
-                tokio::spawn(async move { publish(&recorder, &metrics, &reference, ev).await });
+                self.event(&reference, ev);
             }
         }
     }

@@ -131,7 +131,7 @@ impl Infra {
             action: "CheckPools".into(),
             secondary: None,
         };
-        ctx.event_new(&reference, ev);
+        ctx.event(&reference, ev);
     }
 
     fn changed(&self, ctx: &Context, change: ReservedChange) {
