@@ -77,21 +77,13 @@ pub const API_CALLS: &[ApiCall] = &[
         At::In("default"),
         Some("kubernetes"),
     ),
-    // kube-runtime events::Recorder (events.k8s.io/v1), in the namespace of the object: create,
-    // and patch when an Event with the same reason/action/regarding/reporter repeats (a series).
+    // kube-runtime events::Recorder (events.k8s.io/v1), in the namespace of the object: create
+    // only (every Event is new, never a series PATCH: see cluster::context).
     call(
         For::Both,
         "events.k8s.io",
         "events",
         "create",
-        At::EveryNamespace,
-        None,
-    ),
-    call(
-        For::Both,
-        "events.k8s.io",
-        "events",
-        "patch",
         At::EveryNamespace,
         None,
     ),
