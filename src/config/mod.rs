@@ -14,7 +14,7 @@
 //!   `global == true`.
 //! * A key whose suffix cannot be a namespace name (`cidr-Web`) is kept but reported: it never applies.
 
-mod parse;
+pub(crate) mod parse;
 
 use std::collections::BTreeMap;
 use std::fmt;
