@@ -310,7 +310,7 @@ mod tests {
             set(&p, Family::V4),
             "10.0.0.0, 10.0.0.2-10.0.0.7, 10.0.1.5, 10.0.1.8-10.0.1.9, 10.0.2.7"
         );
-        assert_eq!(set(&p, Family::V6), "fd00::1-fd00::2");
+        assert_eq!(set(&p, Family::V6), "fd00::-fd00::2");
         assert!(p.excludes("10.0.1.7".parse().unwrap()));
         assert!(!p.excludes("10.0.1.8".parse().unwrap()));
         assert_eq!(p.pool.kind, PoolKind::Range);

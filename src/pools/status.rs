@@ -16,12 +16,12 @@ const MESSAGE_MAX: usize = 1024;
 
 /// Size and used addresses of one family, `None` when the pool has none of that family.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Usage {
+pub struct Counts {
     pub v4: Option<(u128, u128)>,
     pub v6: Option<(u128, u128)>,
 }
 
-impl Usage {
+impl Counts {
     pub fn used(&self) -> u128 {
         [self.v4, self.v6]
             .into_iter()
@@ -36,7 +36,7 @@ impl Usage {
 /// `lastTransitionTime` while its status stays), `now` for conditions that change.
 pub fn desired(
     pool: &ObjectPool,
-    usage: &Usage,
+    usage: &Counts,
     overlaps: &[String],
     observed: Option<&VIPPoolStatus>,
     now: &Time,
