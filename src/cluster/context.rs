@@ -12,7 +12,7 @@ use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::watches::parse_config;
@@ -47,6 +47,8 @@ pub struct Context {
     listing: Mutex<Vec<SvcInfo>>,
     /// Last AllocationFailed reason per Service, so a retry that fails the same way is quiet.
     last_failure: Mutex<HashMap<ObjectRef<Service>, String>>,
+    /// Bumped when the Service watch must start over (the classes pool objects claim changed).
+    relist: watch::Sender<u64>,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -84,7 +86,18 @@ impl Context {
             reported_clashes: Mutex::default(),
             listing: Mutex::default(),
             last_failure: Mutex::default(),
+            relist: watch::Sender::new(0),
         }
+    }
+
+    /// Start the Service watch over (a fresh list): which Services are ours changed.
+    pub fn relist_services(&self) {
+        self.relist.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes each time [`Context::relist_services`] is called.
+    pub fn relists(&self) -> watch::Receiver<u64> {
+        self.relist.subscribe()
     }
 
     /// The wake-up channel's receiving end (taken once, by the reconciler).
@@ -278,6 +291,8 @@ pub fn truncated(mut s: String) -> String {
 pub struct Synced {
     services: Arc<AtomicBool>,
     config: Arc<AtomicBool>,
+    pools: Arc<AtomicBool>,
+    namespaces: Arc<AtomicBool>,
     readiness: Readiness,
     leadership: Leadership,
     stopping: CancellationToken,
@@ -288,6 +303,8 @@ impl Synced {
         Synced {
             services: Arc::default(),
             config: Arc::default(),
+            pools: Arc::default(),
+            namespaces: Arc::default(),
             readiness,
             leadership,
             stopping,
@@ -304,8 +321,21 @@ impl Synced {
         self.update();
     }
 
+    /// Pool objects listed (or known to be absent).
+    pub fn pools_synced(&self) {
+        self.pools.store(true, Ordering::SeqCst);
+        self.update();
+    }
+
+    pub fn namespaces_synced(&self) {
+        self.namespaces.store(true, Ordering::SeqCst);
+        self.update();
+    }
+
     fn update(&self) {
-        let ready = self.services.load(Ordering::SeqCst) && self.config.load(Ordering::SeqCst);
+        let ready = [&self.services, &self.config, &self.pools, &self.namespaces]
+            .iter()
+            .all(|b| b.load(Ordering::SeqCst));
         if !ready {
             return;
         }

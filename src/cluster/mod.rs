@@ -8,6 +8,7 @@
 
 pub mod context;
 mod lease;
+pub mod pools;
 pub mod reconciler;
 mod watches;
 
@@ -189,6 +190,23 @@ pub async fn start_with_client(
         settings.config_name.clone(),
         ctx.clone(),
         synced.clone(),
+        stop.clone(),
+    ));
+    let pool_objects = Arc::new(pools::PoolObjects::default());
+    running.spawn(pools::pool_watch(
+        ctx.clone(),
+        pool_objects.clone(),
+        synced.clone(),
+        stop.clone(),
+    ));
+    running.spawn(pools::namespace_watch(
+        ctx.clone(),
+        synced.clone(),
+        stop.clone(),
+    ));
+    running.spawn(pools::status_writer(
+        ctx.clone(),
+        pool_objects,
         stop.clone(),
     ));
     running.spawn(reconciler::run(ctx, synced, stop.shutdown.clone()));
