@@ -182,8 +182,13 @@ pub fn render_table(plan: &Plan) -> String {
         }
     }
     out.push('\n');
-    let pools: Vec<[String; 5]> = plan
-        .pools
+    pools_table(&mut out, &plan.pools, &plan.config_errors);
+    out
+}
+
+/// The pool usage table and the configuration errors under it (`plan` and `status`).
+pub fn pools_table(out: &mut String, pools: &[PoolUsage], config_errors: &[String]) {
+    let rows: Vec<[String; 5]> = pools
         .iter()
         .map(|p| {
             [
@@ -195,11 +200,10 @@ pub fn render_table(plan: &Plan) -> String {
             ]
         })
         .collect();
-    table(&mut out, ["POOL", "FAMILY", "SIZE", "USED", "FREE"], &pools);
-    for e in &plan.config_errors {
+    table(out, ["POOL", "FAMILY", "SIZE", "USED", "FREE"], &rows);
+    for e in config_errors {
         let _ = writeln!(out, "config error: {e}");
     }
-    out
 }
 
 pub fn table<const N: usize>(out: &mut String, header: [&str; N], rows: &[[String; N]]) {

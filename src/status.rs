@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::engine::{Options, Outcome};
 use crate::live::{CertInfo, Snapshot};
-use crate::plan::{PoolUsage, pool_usage, table};
+use crate::plan::{PoolUsage, pool_usage, pools_table, table};
 use crate::state::{Allocator, Confirm, Request};
 
 #[derive(Debug, Serialize)]
@@ -168,23 +168,7 @@ pub fn render_table(r: &Report) -> String {
             r.configmap
         );
     }
-    let pools: Vec<[String; 5]> = r
-        .pools
-        .iter()
-        .map(|p| {
-            [
-                p.key.clone(),
-                p.family.to_string(),
-                p.size.to_string(),
-                p.used.to_string(),
-                p.free.to_string(),
-            ]
-        })
-        .collect();
-    table(&mut out, ["POOL", "FAMILY", "SIZE", "USED", "FREE"], &pools);
-    for e in &r.config_errors {
-        let _ = writeln!(out, "config error: {e}");
-    }
+    pools_table(&mut out, &r.pools, &r.config_errors);
     out.push('\n');
     if r.waiting.is_empty() {
         out.push_str("No Service is waiting for an address.\n");

@@ -26,6 +26,10 @@ use crate::state::Allocator;
 pub const MANAGER: &str = "kube-vip-webhook";
 /// Longest Event note we send (the API caps notes at 1 KiB).
 const NOTE_MAX: usize = 1000;
+/// Events being sent at once. Events are sent beside the work they describe (a reconcile does
+/// not wait for its Event: after a failover hundreds of Services are assigned in a burst); past
+/// this many in flight (a slow apiserver) further Events are dropped (and logged), never queued.
+const EVENTS_IN_FLIGHT: usize = 64;
 
 pub struct Context {
     pub client: kube::Client,
@@ -33,6 +37,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub leadership: Leadership,
     recorder: Recorder,
+    events_in_flight: Arc<tokio::sync::Semaphore>,
     /// `namespace/name` of the pool ConfigMap, for messages.
     pub config_name: String,
     /// Services that got no address, woken when one may have freed up.
@@ -78,6 +83,7 @@ impl Context {
             metrics,
             leadership,
             recorder,
+            events_in_flight: Arc::new(tokio::sync::Semaphore::new(EVENTS_IN_FLIGHT)),
             config_name,
             waiting: Mutex::default(),
             wake,
@@ -133,12 +139,22 @@ impl Context {
         lock(&self.last_failure).remove(obj);
     }
 
-    /// Publish an Event, from the leader only (or every Event would be doubled).
-    pub async fn event(&self, reference: &ObjectReference, ev: Event) {
+    /// Publish an Event, from the leader only (or every Event would be doubled), without waiting
+    /// for it (see [`EVENTS_IN_FLIGHT`]).
+    pub fn event(&self, reference: &ObjectReference, ev: Event) {
         if !self.leadership.is_leader(Instant::now()) {
             return;
         }
-        publish(&self.recorder, &self.metrics, reference, ev).await;
+        let Ok(permit) = self.events_in_flight.clone().try_acquire_owned() else {
+            tracing::warn!(object = ?reference.name, reason = %ev.reason, "too many Events in flight; this one is dropped");
+            return;
+        };
+        let (recorder, metrics, reference) =
+            (self.recorder.clone(), self.metrics.clone(), reference.clone());
+        tokio::spawn(async move {
+            publish(&recorder, &metrics, &reference, ev).await;
+            drop(permit);
+        });
     }
 
     /// A ConfigMap change (or its absence): parse once, swap, report, wake waiters.
@@ -180,7 +196,7 @@ impl Context {
                 action: "ParseConfig".into(),
                 secondary: None,
             };
-            self.event(&cm.object_ref(&()), ev).await;
+            self.event(&cm.object_ref(&()), ev);
         }
         self.wake_waiting();
     }

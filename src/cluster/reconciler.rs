@@ -175,7 +175,7 @@ async fn reconcile(svc: Arc<Service>, r: Arc<Reconciler>) -> Result<Action, Reco
             if ctx.failure_changed(&obj, why) {
                 tracing::info!(service = %obj, reason = %why, "no address; waiting for one to free up");
                 let ev = warning("AllocationFailed", why.clone());
-                ctx.event(&reference, ev).await;
+                ctx.event(&reference, ev);
             }
             return Ok(Action::await_change());
         }
@@ -224,8 +224,7 @@ async fn reconcile(svc: Arc<Service>, r: Arc<Reconciler>) -> Result<Action, Reco
                 let why = format!("the apiserver refused our write of the address annotation: {e}");
                 tracing::warn!(service = %obj, error = %e, "write refused; not retrying until the Service changes");
                 if ctx.failure_changed(&obj, &why) {
-                    ctx.event(&reference, warning("AllocationFailed", why))
-                        .await;
+                    ctx.event(&reference, warning("AllocationFailed", why));
                 }
                 Ok(Action::await_change())
             }
@@ -253,7 +252,7 @@ async fn reconcile(svc: Arc<Service>, r: Arc<Reconciler>) -> Result<Action, Reco
         action: "Allocate".into(),
         secondary: None,
     };
-    ctx.event(&reference, ev).await;
+    ctx.event(&reference, ev);
     Ok(Action::await_change())
 }
 
