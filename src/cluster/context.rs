@@ -149,8 +149,11 @@ impl Context {
             tracing::warn!(object = ?reference.name, reason = %ev.reason, "too many Events in flight; this one is dropped");
             return;
         };
-        let (recorder, metrics, reference) =
-            (self.recorder.clone(), self.metrics.clone(), reference.clone());
+        let (recorder, metrics, reference) = (
+            self.recorder.clone(),
+            self.metrics.clone(),
+            reference.clone(),
+        );
         tokio::spawn(async move {
             publish(&recorder, &metrics, &reference, ev).await;
             drop(permit);

@@ -105,9 +105,9 @@ pub async fn pool_watch(
                     *seen = fresh;
                     gone
                 };
-                rebuild(&ctx, &objects).await;
+                rebuild(&ctx, &objects);
                 for pool in gone {
-                    deleted(&ctx, &pool).await;
+                    deleted(&ctx, &pool);
                 }
                 synced.pools_synced();
                 reported_absent = false;
@@ -124,7 +124,7 @@ pub async fn pool_watch(
                     changed
                 };
                 if spec_changed {
-                    rebuild(&ctx, &objects).await;
+                    rebuild(&ctx, &objects);
                 } else {
                     // Only the status changed (our own write, most often).
                     objects.changed.notify_one();
@@ -133,8 +133,8 @@ pub async fn pool_watch(
             Ok(Some(watcher::Event::Delete(p))) => {
                 let removed = lock(&objects.seen).remove(&name_of(&p));
                 if let Some(seen) = removed {
-                    rebuild(&ctx, &objects).await;
-                    deleted(&ctx, &seen.parsed).await;
+                    rebuild(&ctx, &objects);
+                    deleted(&ctx, &seen.parsed);
                 }
             }
             Ok(None) => return Ok(()),
@@ -145,7 +145,7 @@ pub async fn pool_watch(
                 }
                 if !lock(&objects.seen).is_empty() {
                     lock(&objects.seen).clear();
-                    rebuild(&ctx, &objects).await;
+                    rebuild(&ctx, &objects);
                 }
                 synced.pools_synced();
             }
@@ -175,7 +175,7 @@ fn seen_from(p: &VIPPool, before: Option<&Seen>) -> Seen {
 }
 
 /// The pool set changed: hand it to the allocator, report what is new, wake the waiting.
-async fn rebuild(ctx: &Context, objects: &PoolObjects) {
+fn rebuild(ctx: &Context, objects: &PoolObjects) {
     let parsed: Vec<Arc<ObjectPool>> = lock(&objects.seen)
         .values()
         .map(|s| s.parsed.clone())
@@ -186,7 +186,7 @@ async fn rebuild(ctx: &Context, objects: &PoolObjects) {
     for pool in set.iter() {
         let new = before.get(&pool.name).is_none_or(|b| !Arc::ptr_eq(b, pool));
         if new && !pool.errors.is_empty() {
-            invalid(ctx, pool).await;
+            invalid(ctx, pool);
         }
     }
     tracing::info!(pools = set.len(), "VIPPools loaded");
@@ -212,7 +212,7 @@ fn reference(pool: &ObjectPool) -> ObjectReference {
 
 /// Entries or selectors of a pool left out: a Warning Event on the pool (its Invalid condition
 /// says the same).
-async fn invalid(ctx: &Context, pool: &ObjectPool) {
+fn invalid(ctx: &Context, pool: &ObjectPool) {
     let list: Vec<String> = pool.errors.iter().map(ToString::to_string).collect();
     for e in &list {
         tracing::warn!(pool = %pool.name, "VIPPool error: {e}");
@@ -225,11 +225,11 @@ async fn invalid(ctx: &Context, pool: &ObjectPool) {
         action: "ParseConfig".into(),
         secondary: None,
     };
-    ctx.event(&reference(pool), ev).await;
+    ctx.event(&reference(pool), ev);
 }
 
 /// A deleted pool keeps the addresses it gave out: said in an Event (and the log).
-async fn deleted(ctx: &Context, pool: &ObjectPool) {
+fn deleted(ctx: &Context, pool: &ObjectPool) {
     let single = PoolSet::new([Arc::new(pool.clone())]);
     let held = ctx
         .allocator
@@ -249,7 +249,7 @@ async fn deleted(ctx: &Context, pool: &ObjectPool) {
         action: "ParseConfig".into(),
         secondary: None,
     };
-    ctx.event(&reference(pool), ev).await;
+    ctx.event(&reference(pool), ev);
 }
 
 /// Write each pool's status when it differs from what the object shows: on the allocating
