@@ -199,7 +199,8 @@ pub struct VIPPoolSpec {
     #[schemars(regex(pattern = INTERFACE_PATTERN))]
     pub interface: Option<String>,
     /// Never hand out IPv4 addresses ending in .0 or .255 (some clients and routers mishandle them).
-    #[serde(default = "yes")]
+    // Named as the contract spells it (camelCase would give `avoidBuggyIps`).
+    #[serde(default = "yes", rename = "avoidBuggyIPs")]
     pub avoid_buggy_ips: bool,
     /// Drain: Services keep the addresses they hold, nothing new is handed out.
     #[serde(default, skip_serializing_if = "is_false")]
