@@ -348,7 +348,7 @@ fn status_patch(status: &VIPPoolStatus) -> Value {
 /// even without pool objects: the labels are then known before the first pool arrives, and a
 /// namespace list is small (see docs/design.md).
 pub async fn namespace_watch(ctx: Arc<Context>, synced: Synced, stop: Stop) -> anyhow::Result<()> {
-    // Metadata only: labels are all we read of a Namespace.
+    // Metadata only (kube 5 asks for PartialObjectMetadata): labels are all we read.
     let api: Api<PartialObjectMeta<Namespace>> = Api::all(ctx.client.clone());
     let stream = watcher(api, watcher::Config::default()).default_backoff();
     futures::pin_mut!(stream);
