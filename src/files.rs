@@ -14,6 +14,9 @@ use serde_json::Value;
 use crate::admission::objects::{Document, Sink};
 use crate::service::SvcInfo;
 
+mod pools;
+pub use pools::load_pools;
+
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     #[error("cannot read {path}: {source}")]

@@ -11,6 +11,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::Api;
 use kube::api::ListParams;
 
+mod pools;
+
 use crate::admission::LeanService;
 use crate::ipam::Family;
 use crate::service::SvcInfo;
@@ -75,6 +77,8 @@ pub struct Snapshot {
     pub services: Vec<SvcInfo>,
     pub lease: Option<Lease>,
     pub certs: Vec<CertInfo>,
+    /// VIPPools and namespace labels (empty where the CRD is absent or not readable).
+    pub objects: crate::pools::PoolObjects,
 }
 
 pub async fn read(client: &kube::Client, target: &Target) -> anyhow::Result<Snapshot> {
@@ -126,6 +130,7 @@ pub async fn read(client: &kube::Client, target: &Target) -> anyhow::Result<Snap
         services,
         lease,
         certs,
+        objects: pools::read_objects(client).await,
     })
 }
 

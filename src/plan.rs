@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::engine::{Options, Outcome};
 use crate::files::{self, FileError};
+use crate::pools::PoolObjects;
 use crate::service::SvcInfo;
 use crate::state::{Allocator, Confirm, Request};
 
@@ -17,6 +18,8 @@ pub struct PlanInput {
     pub configmap: PathBuf,
     pub services: Vec<PathBuf>,
     pub requests: Vec<PathBuf>,
+    /// VIPPool objects (`--pools`).
+    pub pools: Vec<PathBuf>,
     pub options: Options,
 }
 
@@ -59,12 +62,18 @@ pub fn run(input: &PlanInput) -> Result<Plan, FileError> {
     } else {
         Some(files::load_svc_infos(&input.requests)?)
     };
+    let objects = PoolObjects {
+        pools: files::load_pools(&input.pools)?,
+        // Files carry no Namespaces: selectors on namespace labels match by name only.
+        namespaces: Vec::new(),
+    };
     Ok(decide_all(
         Some(config),
         &input.configmap.display().to_string(),
         &existing,
         requests,
         &input.options,
+        &objects,
     ))
 }
 
@@ -76,6 +85,7 @@ pub fn decide_all(
     existing: &[SvcInfo],
     requests: Option<Vec<SvcInfo>>,
     options: &Options,
+    objects: &PoolObjects,
 ) -> Plan {
     let mut config_errors: Vec<String> = config
         .as_ref()
@@ -86,11 +96,13 @@ pub fn decide_all(
     }
     let allocator = Allocator::new(options.clone(), Confirm::OnAdmit, config_name);
     allocator.set_config(config);
+    allocator.load_objects(objects);
+    config_errors.extend(PoolObjects::errors(&allocator.pools()));
     allocator.reset_services(existing);
     let requests = requests.unwrap_or_else(|| {
         existing
             .iter()
-            .filter(|s| allocator.options().needs_allocation(s))
+            .filter(|s| allocator.needs_allocation(s))
             .cloned()
             .collect()
     });

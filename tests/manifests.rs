@@ -305,6 +305,8 @@ enum Obj {
     ServiceMonitor(Box<ServiceMonitor>),
     PrometheusRule(Box<PrometheusRule>),
     Crd(Box<CustomResourceDefinition>),
+    /// An example VIPPool (parsed without errors).
+    Pool,
 }
 
 /// Reads into `T` and back; any field `T` does not know (or re-types) is reported.
@@ -396,6 +398,19 @@ fn typed(doc: &Doc) -> Result<Obj, String> {
         ("monitoring.coreos.com/v1", "ServiceMonitor") => Obj::ServiceMonitor(round_trip(v)?),
         ("monitoring.coreos.com/v1", "PrometheusRule") => Obj::PrometheusRule(round_trip(v)?),
         ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => Obj::Crd(round_trip(v)?),
+        ("lb.kube-vip.io/v1alpha1", "VIPPool") => {
+            // The type writes the defaulted avoidBuggyIPs back: make it explicit before comparing.
+            let mut v = v.clone();
+            if v["spec"].get("avoidBuggyIPs").is_none() {
+                v["spec"]["avoidBuggyIPs"] = Value::Bool(true);
+            }
+            let pool: kube_vip_webhook::pools::VIPPool = round_trip(&v)?;
+            let parsed = kube_vip_webhook::pools::parse_object(&pool);
+            if !parsed.errors.is_empty() {
+                return Err(format!("VIPPool errors: {:?}", parsed.errors));
+            }
+            Obj::Pool
+        }
         _ => return Err(format!("unexpected apiVersion/kind {api_version}/{kind}")),
     };
     Ok(obj)

@@ -154,6 +154,29 @@ impl PoolSet {
     }
 }
 
+/// Pool objects and namespace labels as read once (files, a live cluster) for `plan`, `status`
+/// and `--standalone`; the cluster mode watches them instead.
+#[derive(Clone, Debug, Default)]
+pub struct PoolObjects {
+    pub pools: Vec<VIPPool>,
+    /// Namespace name and labels (empty when they could not be read: selectors on namespace
+    /// labels then match by the namespace's name only).
+    pub namespaces: Vec<(String, BTreeMap<String, String>)>,
+}
+
+impl PoolObjects {
+    /// What is wrong in each pool's spec, as `VIPPool <name>: <error>`.
+    pub fn errors(set: &PoolSet) -> Vec<String> {
+        set.iter()
+            .flat_map(|p| {
+                p.errors
+                    .iter()
+                    .map(move |e| format!("VIPPool {}: {e}", p.name))
+            })
+            .collect()
+    }
+}
+
 /// Parse one object (its name, generation, uid and spec).
 pub fn parse_object(o: &VIPPool) -> ObjectPool {
     ObjectPool::parse(

@@ -9,8 +9,8 @@ use super::Allocator;
 use crate::config::FamilyPool;
 use crate::engine;
 use crate::ipam::Family;
-use crate::pools::PoolSet;
 use crate::pools::status::Counts;
+use crate::pools::{PoolObjects, PoolSet};
 use crate::service::SvcInfo;
 
 /// Labels of one namespace.
@@ -75,6 +75,12 @@ impl Allocator {
             .map(|(name, labels)| (name, Arc::new(labels)))
             .collect();
         self.objects_mut().namespaces = fresh;
+    }
+
+    /// Pool objects and namespace labels read once (`plan`, `status`, `--standalone`).
+    pub fn load_objects(&self, objects: &PoolObjects) {
+        self.set_pools(PoolSet::from_objects(&objects.pools));
+        self.reset_namespaces(objects.namespaces.iter().cloned());
     }
 
     /// Whether the webhook handles `svc` (SPEC 3, or a class a pool object names).
