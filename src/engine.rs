@@ -382,59 +382,74 @@ fn added_ports<'a>(new: &'a [PortKey], old: &[PortKey]) -> Option<Cow<'a, [PortK
     (!added.is_empty()).then_some(Cow::Owned(added))
 }
 
-/// One address of `family` from `pool`: a shareable held address first when sharing is on,
-/// else the next free one. Err says why not, naming pool, namespace and counts.
-fn pick(
+/// Why a pool gave no address of a family; turned into words only when no pool could serve the
+/// Service (with 100 pools tried, formatting every miss cost more than the search).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Miss<'a> {
+    NoFamily,
+    Empty,
+    Exhausted { capacity: u128, set: &'a AddressSet },
+}
+
+impl Miss<'_> {
+    pub(crate) fn explain(
+        &self,
+        svc: &SvcInfo,
+        candidate: &Candidate<'_>,
+        family: Family,
+    ) -> String {
+        let (key, ns) = (candidate.key(), &svc.namespace);
+        match self {
+            Miss::NoFamily => format!("pool {key} for namespace {ns:?} has no {family} addresses"),
+            Miss::Empty => {
+                let see = match candidate.object {
+                    Some(_) => "see its Invalid condition",
+                    None => "see the ConfigMap errors",
+                };
+                format!("pool {key} for namespace {ns:?} has no usable {family} entries ({see})")
+            }
+            Miss::Exhausted { capacity, set } => format!(
+                "pool {key} for namespace {ns:?} is exhausted: all {capacity} {family} addresses of {set} are in use"
+            ),
+        }
+    }
+}
+
+/// An address of `family` from the candidate pool: a shareable one when sharing is allowed,
+/// else the next free one. Err says why not ([`Miss::explain`]).
+fn pick<'a>(
     svc: &SvcInfo,
-    candidate: &Candidate<'_>,
+    candidate: &Candidate<'a>,
     family: Family,
     view: &View<'_>,
-) -> Result<(IpAddr, bool), String> {
-    let ns = &svc.namespace;
+) -> Result<(IpAddr, bool), Miss<'a>> {
     let pool = candidate.pool;
     let share = candidate.allow_share;
     let set = match pool.family(family) {
-        None => {
-            return Err(format!(
-                "pool {} for namespace {ns:?} has no {family} addresses",
-                pool.key
-            ));
-        }
+        None => return Err(Miss::NoFamily),
         Some(FamilyPool::Dhcp) => return Ok((IpAddr::V4(Ipv4Addr::UNSPECIFIED), false)),
         Some(FamilyPool::Set(set)) => set,
     };
     if set.is_empty() {
-        let see = match candidate.object {
-            Some(_) => "see its Invalid condition",
-            None => "see the ConfigMap errors",
-        };
-        return Err(format!(
-            "pool {} for namespace {ns:?} has no usable {family} entries ({see})",
-            pool.key
-        ));
+        return Err(Miss::Empty);
     }
     let order = view.config.search_order();
     if share && let Some(ip) = shareable(svc, set, view) {
         return Ok((ip, true));
     }
-    let (free, capacity) = if candidate.avoid_buggy_ips {
-        (
-            ipam::next_free(set, view.index.addrs(), order),
-            set.capacity(),
-        )
+    let free = if candidate.avoid_buggy_ips {
+        ipam::next_free(set, view.index.addrs(), order)
     } else {
-        (
-            ipam::next_free_any(set, view.index.addrs(), order),
-            set.size(),
-        )
+        ipam::next_free_any(set, view.index.addrs(), order)
     };
-    match free {
-        Some(ip) => Ok((ip, false)),
-        None => Err(format!(
-            "pool {} for namespace {ns:?} is exhausted: all {capacity} {family} addresses of {set} are in use",
-            pool.key,
-        )),
-    }
+    free.map(|ip| (ip, false)).ok_or_else(|| Miss::Exhausted {
+        capacity: if candidate.avoid_buggy_ips {
+            set.capacity()
+        } else {
+            set.size()
+        },
+        set,
+    })
 }
 
 /// First held address of the pool (search order) whose every holder has no (port, protocol)

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use super::{Decision, FamilyPolicy, Outcome, Pools, View, other, pick};
+use super::{Decision, FamilyPolicy, Miss, Outcome, Pools, View, other, pick};
 use crate::ipam::Family;
 use crate::pools::{Candidate, Selection, select};
 use crate::service::{
@@ -29,22 +29,52 @@ pub(super) fn allocate(svc: &SvcInfo, view: &View<'_>, pools: &Pools<'_>) -> Dec
         Some(FamilyPolicy::RequireDualStack) => (&[primary, secondary], true),
         Some(FamilyPolicy::PreferDualStack) => (&[primary, secondary], false),
     };
-    // The first pool, in order, that gives the Service what its policy needs.
-    let mut failures = Vec::new();
-    let mut failed_warnings = Vec::new();
+    // The first pool, in order, that gives the Service what its policy needs. Why the others
+    // could not is put into words only when none could.
+    let mut misses = Vec::new();
     for candidate in &selection.candidates {
         match from_pool(svc, candidate, wanted, required, view) {
             Ok(decision) => return decision,
-            Err((why, warnings)) => {
-                failures.push(why);
-                failed_warnings.extend(warnings);
-            }
+            Err(missed) => misses.push((candidate, missed)),
         }
     }
-    let mut decision = Decision::new(Outcome::NoAddress(failures.join("; ")));
-    decision.warnings = failed_warnings;
+    let mut failures = Vec::with_capacity(misses.len());
+    let mut decision = Decision::new(Outcome::NoAddress(String::new()));
+    for (candidate, missed) in misses {
+        let why: Vec<String> = missed
+            .iter()
+            .flatten()
+            .map(|(family, miss)| miss.explain(svc, candidate, *family))
+            .collect();
+        let what = if wanted.len() == 2 && required {
+            "RequireDualStack needs one free address of each family: "
+        } else {
+            ""
+        };
+        failures.push(format!("{what}{}", why.join("; ")));
+        decision.warnings.extend(pool_warnings(candidate, view));
+    }
+    decision.outcome = Outcome::NoAddress(failures.join("; "));
     decision
 }
+
+/// Problems in a pool's definition, as warnings.
+fn pool_warnings(candidate: &Candidate<'_>, view: &View<'_>) -> Vec<String> {
+    match (candidate.object, candidate.errors()) {
+        (Some(o), Some(errors)) => errors
+            .iter()
+            .map(|e| format!("VIPPool {}: {e} (ignored)", o.name))
+            .collect(),
+        _ => view
+            .config
+            .errors_for_key(candidate.key())
+            .map(|e| format!("ConfigMap {}: {e} (entry ignored)", view.config_name))
+            .collect(),
+    }
+}
+
+/// The families a pool could not give, and why (at most two).
+type Missed<'a> = [Option<(Family, Miss<'a>)>; 2];
 
 /// Why no pool can serve `svc` (there is no candidate).
 fn no_pool(
@@ -81,47 +111,36 @@ fn no_pool(
     }
 }
 
-/// The addresses `wanted` from one pool, or why not (and the pool's warnings either way).
-fn from_pool(
+/// The addresses `wanted` from one pool (with the pool's warnings), or which families it could
+/// not give.
+fn from_pool<'a>(
     svc: &SvcInfo,
-    candidate: &Candidate<'_>,
+    candidate: &Candidate<'a>,
     wanted: &[Family],
     required: bool,
     view: &View<'_>,
-) -> Result<Decision, (String, Vec<String>)> {
-    let mut warnings: Vec<String> = match (candidate.object, candidate.errors()) {
-        (Some(o), Some(errors)) => errors
-            .iter()
-            .map(|e| format!("VIPPool {}: {e} (ignored)", o.name))
-            .collect(),
-        _ => view
-            .config
-            .errors_for_key(candidate.key())
-            .map(|e| format!("ConfigMap {}: {e} (entry ignored)", view.config_name))
-            .collect(),
-    };
+) -> Result<Decision, Missed<'a>> {
     let mut ips = Vec::new();
     let mut shared = false;
-    let mut missing = Vec::new();
-    for family in wanted {
+    let mut missed: Missed<'a> = [None, None];
+    for (slot, family) in wanted.iter().enumerate() {
         match pick(svc, candidate, *family, view) {
             Ok((ip, was_shared)) => {
                 ips.push(ip);
                 shared |= was_shared;
             }
-            Err(why) => missing.push(why),
+            Err(miss) => missed[slot] = Some((*family, miss)),
         }
     }
-    if ips.is_empty() || (required && !missing.is_empty()) {
-        let what = if wanted.len() == 2 && required {
-            "RequireDualStack needs one free address of each family: "
-        } else {
-            ""
-        };
-        return Err((format!("{what}{}", missing.join("; ")), warnings));
+    let any_missed = missed.iter().any(Option::is_some);
+    if ips.is_empty() || (required && any_missed) {
+        return Err(missed);
     }
+    let mut warnings = pool_warnings(candidate, view);
     // PreferDualStack with one family unavailable: admitted with what we have, and said so.
-    warnings.extend(missing.into_iter().map(|m| format!("PreferDualStack: {m}")));
+    warnings.extend(missed.iter().flatten().map(|(family, miss)| {
+        format!("PreferDualStack: {}", miss.explain(svc, candidate, *family))
+    }));
 
     let value = ips
         .iter()
