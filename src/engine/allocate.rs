@@ -1,23 +1,22 @@
-//! A fresh allocation: the pools a Service may draw from, tried in order (`pools::select`), the
-//! first that gives what the Service's family policy needs wins.
+//! A fresh allocation: the pools a Service may draw from, tried in order (`pools::entries`), the
+//! first that gives what the Service's family policy needs wins; the pools after it are never
+//! looked at.
 
 use std::net::IpAddr;
 
 use super::{Decision, FamilyPolicy, Miss, Outcome, Pools, View, other, pick};
 use crate::ipam::Family;
-use crate::pools::{Candidate, Selection, select};
+use crate::pools::{Candidate, Entry, Selection, entries};
 use crate::service::{
     IMPLEMENTATION_LABEL, IMPLEMENTATION_VALUE, INTERFACE_ANNOTATION, LB_IPS_ANNOTATION, SvcInfo,
 };
 
 pub(super) fn allocate(svc: &SvcInfo, view: &View<'_>, pools: &Pools<'_>) -> Decision {
     let handled = view.options.handles(svc);
-    let selection = select(svc, handled, pools.namespace_labels, pools.set, view.config);
-    if selection.candidates.is_empty() {
-        return Decision::new(Outcome::NoAddress(no_pool(
-            svc, handled, &selection, pools, view,
-        )));
-    }
+    let tried = match entries(svc, handled, pools.namespace_labels, pools.set, view.config) {
+        Ok(tried) => tried,
+        Err((why, _)) => return Decision::new(Outcome::NoAddress(why)),
+    };
     let primary = svc
         .families
         .first()
@@ -32,11 +31,29 @@ pub(super) fn allocate(svc: &SvcInfo, view: &View<'_>, pools: &Pools<'_>) -> Dec
     // The first pool, in order, that gives the Service what its policy needs. Why the others
     // could not is put into words only when none could.
     let mut misses = Vec::new();
-    for candidate in &selection.candidates {
-        match from_pool(svc, candidate, wanted, required, view) {
+    let mut disabled = Vec::new();
+    for entry in tried {
+        let candidate = match entry {
+            Entry::Candidate(c) => c,
+            Entry::Disabled(p) => {
+                disabled.push(p);
+                continue;
+            }
+        };
+        match from_pool(svc, &candidate, wanted, required, view) {
             Ok(decision) => return decision,
             Err(missed) => misses.push((candidate, missed)),
         }
+    }
+    if misses.is_empty() {
+        let selection = Selection {
+            candidates: Vec::new(),
+            disabled,
+            refused: None,
+        };
+        return Decision::new(Outcome::NoAddress(no_pool(
+            svc, handled, &selection, pools, view,
+        )));
     }
     let mut failures = Vec::with_capacity(misses.len());
     let mut decision = Decision::new(Outcome::NoAddress(String::new()));
@@ -44,7 +61,7 @@ pub(super) fn allocate(svc: &SvcInfo, view: &View<'_>, pools: &Pools<'_>) -> Dec
         let why: Vec<String> = missed
             .iter()
             .flatten()
-            .map(|(family, miss)| miss.explain(svc, candidate, *family))
+            .map(|(family, miss)| miss.explain(svc, &candidate, *family))
             .collect();
         let what = if wanted.len() == 2 && required {
             "RequireDualStack needs one free address of each family: "
@@ -52,7 +69,7 @@ pub(super) fn allocate(svc: &SvcInfo, view: &View<'_>, pools: &Pools<'_>) -> Dec
             ""
         };
         failures.push(format!("{what}{}", why.join("; ")));
-        decision.warnings.extend(pool_warnings(candidate, view));
+        decision.warnings.extend(pool_warnings(&candidate, view));
     }
     decision.outcome = Outcome::NoAddress(failures.join("; "));
     decision

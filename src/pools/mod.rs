@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 pub use crd::{VIPPool, VIPPoolSpec, VIPPoolStatus};
 pub use parse::{Match, NAMESPACE_NAME_LABEL, ObjectPool};
-pub use select::{Candidate, Selection, select};
+pub use select::{Candidate, Entries, Entry, Selection, entries, select};
 
 use crate::config::{Config, FamilyPool};
 use crate::ipam::{Family, to_u128};

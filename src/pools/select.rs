@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use super::{ObjectPool, PoolSet};
 use crate::config::{Config, ConfigError, FamilyPool, Pool};
@@ -53,57 +54,125 @@ pub struct Selection<'a> {
     pub refused: Option<String>,
 }
 
-/// The pools `svc` may draw from. `handled`: whether the webhook handles the Service without
-/// pool objects (SPEC 3: class-less, or the class of class mode): only those may use pool objects
-/// without a class, and the ConfigMap. `namespace_labels`: `None` when not known (yet).
-pub fn select<'a>(
-    svc: &SvcInfo,
+/// One pool in trial order: one to try, or one that selects the Service but is drained.
+#[derive(Clone, Copy, Debug)]
+pub enum Entry<'a> {
+    Candidate(Candidate<'a>),
+    Disabled(&'a ObjectPool),
+}
+
+/// The pools `svc` may draw from, in trial order, computed as they are asked for: allocation
+/// stops at the first pool with a free address, so the selectors of the pools after it are never
+/// evaluated. `Err`: the Service names a pool that cannot serve it (why, and the pool when it is
+/// a disabled one).
+pub fn entries<'a>(
+    svc: &'a SvcInfo,
     handled: bool,
-    namespace_labels: Option<&BTreeMap<String, String>>,
+    namespace_labels: Option<&'a BTreeMap<String, String>>,
     pools: &'a PoolSet,
     config: &'a Config,
-) -> Selection<'a> {
-    let mut selection = Selection::default();
+) -> Result<Entries<'a>, (String, Option<&'a ObjectPool>)> {
+    let mut entries = Entries {
+        svc,
+        handled,
+        namespace_labels,
+        pools: pools.pools.iter(),
+        configmap: None,
+    };
     if let Some(name) = svc.pool.as_deref() {
         let Some(pool) = pools.get(name) else {
-            selection.refused = Some(format!(
-                "annotation {POOL_ANNOTATION} names VIPPool {name:?}, which does not exist"
+            return Err((
+                format!(
+                    "annotation {POOL_ANNOTATION} names VIPPool {name:?}, which does not exist"
+                ),
+                None,
             ));
-            return selection;
         };
         if let Some(why) = mismatch(svc, handled, namespace_labels, pool) {
-            selection.refused = Some(format!(
-                "annotation {POOL_ANNOTATION} names VIPPool {name:?}, which does not select this Service: {}",
-                why.explain(svc)
+            return Err((
+                format!(
+                    "annotation {POOL_ANNOTATION} names VIPPool {name:?}, which does not select this Service: {}",
+                    why.explain(svc)
+                ),
+                None,
             ));
-        } else if pool.spec.disabled {
-            selection.refused = Some(format!(
-                "annotation {POOL_ANNOTATION} names VIPPool {name:?}, which is disabled (draining: it hands out nothing new)"
-            ));
-            selection.disabled.push(pool);
-        } else {
-            selection.candidates.push(object_candidate(pool));
-        }
-        return selection;
-    }
-    for pool in pools.iter() {
-        if mismatch(svc, handled, namespace_labels, pool).is_some() {
-            continue;
         }
         if pool.spec.disabled {
-            selection.disabled.push(pool);
-        } else {
-            selection.candidates.push(object_candidate(pool));
+            return Err((
+                format!(
+                    "annotation {POOL_ANNOTATION} names VIPPool {name:?}, which is disabled (draining: it hands out nothing new)"
+                ),
+                Some(pool),
+            ));
         }
+        entries.pools = std::slice::from_ref(pool).iter();
+        return Ok(entries);
     }
     if handled && let Some(pool) = config.pool_for(&svc.namespace) {
-        selection.candidates.push(Candidate {
+        entries.configmap = Some(Candidate {
             pool,
             allow_share: config.allow_share(&svc.namespace),
             interface: config.interface(&svc.namespace),
             avoid_buggy_ips: true,
             object: None,
         });
+    }
+    Ok(entries)
+}
+
+/// See [`entries`].
+pub struct Entries<'a> {
+    svc: &'a SvcInfo,
+    handled: bool,
+    namespace_labels: Option<&'a BTreeMap<String, String>>,
+    pools: std::slice::Iter<'a, Arc<ObjectPool>>,
+    /// The ConfigMap's pool, tried after every pool object.
+    configmap: Option<Candidate<'a>>,
+}
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = Entry<'a>;
+
+    fn next(&mut self) -> Option<Entry<'a>> {
+        for pool in self.pools.by_ref() {
+            if mismatch(self.svc, self.handled, self.namespace_labels, pool).is_some() {
+                continue;
+            }
+            return Some(if pool.spec.disabled {
+                Entry::Disabled(pool)
+            } else {
+                Entry::Candidate(object_candidate(pool))
+            });
+        }
+        self.configmap.take().map(Entry::Candidate)
+    }
+}
+
+/// The pools `svc` may draw from, all of them ([`entries`], collected). `handled`: whether the
+/// webhook handles the Service without pool objects (SPEC 3: class-less, or the class of class
+/// mode): only those may use pool objects without a class, and the ConfigMap.
+/// `namespace_labels`: `None` when not known (yet).
+pub fn select<'a>(
+    svc: &'a SvcInfo,
+    handled: bool,
+    namespace_labels: Option<&'a BTreeMap<String, String>>,
+    pools: &'a PoolSet,
+    config: &'a Config,
+) -> Selection<'a> {
+    let mut selection = Selection::default();
+    match entries(svc, handled, namespace_labels, pools, config) {
+        Err((why, disabled)) => {
+            selection.refused = Some(why);
+            selection.disabled.extend(disabled);
+        }
+        Ok(entries) => {
+            for entry in entries {
+                match entry {
+                    Entry::Candidate(c) => selection.candidates.push(c),
+                    Entry::Disabled(p) => selection.disabled.push(p),
+                }
+            }
+        }
     }
     selection
 }
