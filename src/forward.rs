@@ -3,14 +3,14 @@
 //! created at the same moment (each replica's reservations are its own).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use futures::future::BoxFuture;
 
 use crate::leadership::Leadership;
+use crate::tls::{CaSource, CaStamp, CurrentCert, PresentCert};
 
 /// Marks a forwarded request. Only a replica that may allocate honours it by deciding; any other
 /// replica validates only and never forwards it again (no loops during a leader change).
@@ -18,16 +18,6 @@ pub const FORWARDED_HEADER: &str = "x-kube-vip-webhook-forwarded";
 
 /// The apiserver's webhook timeout is a few seconds; leave room to answer locally.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Where the CA that signed the leader's serving certificate comes from; read again when it
-/// changes, so a CA rotation does not break forwarding until a restart.
-#[derive(Clone)]
-pub enum CaSource {
-    /// A PEM file (cert-manager's `ca.crt`), re-read when its modification time or size changes.
-    File(PathBuf),
-    /// The self-signed route's current bundle (PEM).
-    Bundle(Arc<dyn Fn() -> Vec<u8> + Send + Sync>),
-}
 
 /// Reads the Lease again and returns the leader's address (after a failed forward).
 pub type Refresh = Arc<dyn Fn() -> BoxFuture<'static, Option<String>> + Send + Sync>;
@@ -38,6 +28,8 @@ pub struct Forwarder {
     /// Name in the serving certificate (`<service>.<namespace>.svc`).
     server_name: String,
     refresh: Option<Refresh>,
+    /// Our serving certificate, presented to the leader (which may require client certificates).
+    identity: Option<Arc<dyn CurrentCert>>,
     client: Mutex<Option<Cached>>,
 }
 
@@ -45,13 +37,6 @@ struct Cached {
     addr: SocketAddr,
     ca_stamp: CaStamp,
     client: reqwest::Client,
-}
-
-/// Identifies one version of the CA (file metadata, or the bundle itself).
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum CaStamp {
-    File(Option<SystemTime>, u64),
-    Bundle(Vec<u8>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,12 +65,14 @@ impl Forwarder {
         ca: CaSource,
         server_name: String,
         refresh: Option<Refresh>,
+        identity: Option<Arc<dyn CurrentCert>>,
     ) -> Self {
         Forwarder {
             leadership,
             ca,
             server_name,
             refresh,
+            identity,
             client: Mutex::new(None),
         }
     }
@@ -138,30 +125,13 @@ impl Forwarder {
             .map_err(|source| ForwardError::Send { addr, source })
     }
 
-    fn ca_stamp(&self) -> Result<CaStamp, ForwardError> {
-        match &self.ca {
-            CaSource::File(path) => {
-                let meta = std::fs::metadata(path)
-                    .map_err(|e| ForwardError::Ca(format!("{}: {e}", path.display())))?;
-                Ok(CaStamp::File(meta.modified().ok(), meta.len()))
-            }
-            CaSource::Bundle(current) => Ok(CaStamp::Bundle(current())),
-        }
-    }
-
-    fn ca_pem(&self, stamp: &CaStamp) -> Result<Vec<u8>, ForwardError> {
-        match (&self.ca, stamp) {
-            (_, CaStamp::Bundle(pem)) => Ok(pem.clone()),
-            (CaSource::File(path), _) => std::fs::read(path)
-                .map_err(|e| ForwardError::Ca(format!("{}: {e}", path.display()))),
-            (CaSource::Bundle(current), _) => Ok(current()),
-        }
-    }
-
     /// One keep-alive client per leader address and CA version; the certificate is checked for
     /// the Service name while connecting to the leader pod's address.
     fn client_for(&self, addr: SocketAddr) -> Result<reqwest::Client, ForwardError> {
-        let stamp = self.ca_stamp()?;
+        let stamp = self
+            .ca
+            .stamp()
+            .map_err(|e| ForwardError::Ca(e.to_string()))?;
         let mut cached = self.client.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = cached.as_ref()
             && c.addr == addr
@@ -169,23 +139,19 @@ impl Forwarder {
         {
             return Ok(c.client.clone());
         }
-        let pem = self.ca_pem(&stamp)?;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            let cert = cert.map_err(|e| ForwardError::Ca(e.to_string()))?;
-            roots
-                .add(cert)
-                .map_err(|e| ForwardError::Ca(e.to_string()))?;
-        }
-        if roots.is_empty() {
-            return Err(ForwardError::Ca("no certificate in the CA PEM".into()));
-        }
+        let roots = self
+            .ca
+            .roots(&stamp)
+            .map_err(|e| ForwardError::Ca(e.to_string()))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| ForwardError::Client(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let mut tls = match &self.identity {
+            Some(cert) => builder.with_client_cert_resolver(Arc::new(PresentCert(cert.clone()))),
+            None => builder.with_no_client_auth(),
+        };
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(tls)

@@ -209,6 +209,7 @@ pub async fn start_standalone(
             tls,
             readiness: readiness.clone(),
             cert_dir,
+            peers: None,
         },
         stop,
     )?;
@@ -228,6 +229,9 @@ pub struct Parts {
     pub tls: Arc<rustls::ServerConfig>,
     pub readiness: Readiness,
     pub cert_dir: Option<PathBuf>,
+    /// Other replicas, accepted by their serving certificate when client certificates are
+    /// required (they forward admissions to the leader).
+    pub peers: Option<crate::tls::Peers>,
 }
 
 /// Bind both ports and spawn the HTTPS webhook and the admin server. Shared by both modes.
@@ -240,10 +244,11 @@ pub fn start_servers(settings: &Settings, parts: Parts, stop: Stop) -> anyhow::R
         tls,
         readiness,
         cert_dir,
+        peers,
     } = parts;
     // Read the client CA before binding: a bad file fails the start, not the first handshake.
     let tls = match &settings.client_auth {
-        Some(auth) => crate::tls::require_client_certs(&tls, auth)?,
+        Some(auth) => crate::tls::require_client_certs(&tls, auth, peers)?,
         None => tls,
     };
     let webhook_listener = bind(settings.listen)?;

@@ -10,9 +10,11 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod client_auth;
+mod peers;
 mod stamp;
 
 pub use client_auth::{ClientAuth, require_client_certs};
+pub use peers::{CaSource, CaStamp, CurrentCert, Peers, PresentCert};
 use stamp::Stamp;
 
 use rcgen::{
@@ -203,8 +205,17 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// Invalid new files (unparsable, key not matching the certificate, unreadable) keep the last good
 /// pair in service; the error is logged once per change of the files.
 pub fn reloading_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
-    let resolver = FileResolver::new(cert.to_path_buf(), key.to_path_buf())?;
-    build_config(Arc::new(resolver))
+    Ok(reloading_serving(cert, key)?.0)
+}
+
+/// [`reloading_server_config`], and the certificate it currently serves with (for presenting it
+/// to other replicas).
+pub fn reloading_serving(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Arc<ServerConfig>, Arc<dyn CurrentCert>), TlsError> {
+    let resolver = Arc::new(FileResolver::new(cert.to_path_buf(), key.to_path_buf())?);
+    Ok((build_config(resolver.clone())?, resolver))
 }
 
 struct FileResolver {
@@ -252,7 +263,7 @@ impl FileResolver {
         })
     }
 
-    fn current(&self) -> Arc<CertifiedKey> {
+    fn loaded(&self) -> Arc<CertifiedKey> {
         read(&self.state).current.clone()
     }
 
@@ -269,7 +280,7 @@ impl FileResolver {
         }
         // Another handshake is already reloading: serve the current pair, don't wait.
         let Ok(_reloading) = self.reloading.try_lock() else {
-            return self.current();
+            return self.loaded();
         };
         let now = match now {
             Ok(now) => now,
@@ -309,6 +320,12 @@ impl FileResolver {
 impl ResolvesServerCert for FileResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.resolve_now())
+    }
+}
+
+impl CurrentCert for FileResolver {
+    fn current(&self) -> Arc<CertifiedKey> {
+        self.resolve_now()
     }
 }
 
@@ -372,12 +389,16 @@ struct SwapResolver(RwLock<Arc<CertifiedKey>>);
 
 impl ResolvesServerCert for SwapResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(
-            self.0
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
-        )
+        Some(self.current())
+    }
+}
+
+impl CurrentCert for SwapResolver {
+    fn current(&self) -> Arc<CertifiedKey> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -398,6 +419,11 @@ impl SwappableCert {
     /// The server config to serve with.
     pub fn server_config(&self) -> Arc<ServerConfig> {
         self.config.clone()
+    }
+
+    /// The certificate served right now (follows swaps).
+    pub fn current_cert(&self) -> Arc<dyn CurrentCert> {
+        self.resolver.clone()
     }
 
     /// Replace the certificate for new connections. An invalid pair is rejected and the current
@@ -565,7 +591,12 @@ fn issue(
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    // Client auth too: replicas present their serving certificate to each other when the
+    // webhook port requires client certificates (see `peers`).
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     params.use_authority_key_identifier_extension = true;
     let (not_before, not_after) = window(now, validity)?;
     params.not_before = not_before.into();

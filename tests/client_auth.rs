@@ -29,6 +29,15 @@ fn serve_args(argv: &[String]) -> ServeArgs {
 /// `serve --standalone` with `extra` flags; returns the server and its CA (PEM).
 async fn standalone(dir: &Path, extra: &[&str]) -> (Running, String) {
     tls_support::install_provider();
+    let running = kube_vip_webhook::cli::start(&standalone_args(dir, extra), Stop::default())
+        .await
+        .unwrap();
+    let ca = std::fs::read_to_string(dir.join("certs").join("ca.crt")).unwrap();
+    (running, ca)
+}
+
+/// The flags of [`standalone`] (its ConfigMap written into `dir`, certificates in `dir/certs`).
+fn standalone_args(dir: &Path, extra: &[&str]) -> ServeArgs {
     let cm = dir.join("configmap.yaml");
     std::fs::write(&cm, CONFIGMAP).unwrap();
     let certs = dir.join("certs");
@@ -49,11 +58,23 @@ async fn standalone(dir: &Path, extra: &[&str]) -> (Running, String) {
     .map(|s| s.to_string())
     .collect();
     argv.extend(extra.iter().map(|s| s.to_string()));
-    let running = kube_vip_webhook::cli::start(&serve_args(&argv), Stop::default())
-        .await
-        .unwrap();
-    let ca = std::fs::read_to_string(certs.join("ca.crt")).unwrap();
-    (running, ca)
+    serve_args(&argv)
+}
+
+/// [`standalone`] requiring client certificates from `client_ca` (written to a file in `dir`),
+/// with `allowed` names when given.
+async fn requiring_client_certs(
+    dir: &Path,
+    client_ca: &str,
+    allowed: Option<&str>,
+) -> (Running, String) {
+    let ca_file = dir.join("client-ca.crt");
+    std::fs::write(&ca_file, client_ca).unwrap();
+    let mut flags = vec!["--client-ca-file", ca_file.to_str().unwrap()];
+    if let Some(names) = allowed {
+        flags.extend(["--client-allowed-names", names]);
+    }
+    standalone(dir, &flags).await
 }
 
 async fn stop(running: Running) {
@@ -113,18 +134,8 @@ async fn reaches(client: &reqwest::Client, running: &Running) -> bool {
 async fn only_clients_with_a_certificate_from_the_ca_and_an_allowed_name_are_served() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = tls_support::client_identity("kube-apiserver-webhook-client");
-    let ca_file = dir.path().join("client-ca.crt");
-    std::fs::write(&ca_file, &ca).unwrap();
-    let (running, server_ca) = standalone(
-        dir.path(),
-        &[
-            "--client-ca-file",
-            ca_file.to_str().unwrap(),
-            "--client-allowed-names",
-            "kube-apiserver-webhook-client,other",
-        ],
-    )
-    .await;
+    let (running, server_ca) =
+        requiring_client_certs(dir.path(), &ca, Some("kube-apiserver-webhook-client,other")).await;
     let addr = running.webhook_addr;
 
     // No certificate: the handshake fails, nothing is decided.
@@ -156,18 +167,8 @@ async fn only_clients_with_a_certificate_from_the_ca_and_an_allowed_name_are_ser
 async fn a_name_outside_the_allowed_names_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = tls_support::client_identity("someone-else");
-    let ca_file = dir.path().join("client-ca.crt");
-    std::fs::write(&ca_file, &ca).unwrap();
-    let (running, server_ca) = standalone(
-        dir.path(),
-        &[
-            "--client-ca-file",
-            ca_file.to_str().unwrap(),
-            "--client-allowed-names",
-            "kube-apiserver-webhook-client",
-        ],
-    )
-    .await;
+    let (running, server_ca) =
+        requiring_client_certs(dir.path(), &ca, Some("kube-apiserver-webhook-client")).await;
     let refused = client(&server_ca, &running, Some((&cert, &key)));
     assert!(!reaches(&refused, &running).await);
     stop(running).await;
@@ -178,10 +179,8 @@ async fn a_rotated_client_ca_applies_to_the_next_handshake() {
     let dir = tempfile::tempdir().unwrap();
     let (old_ca, old_cert, old_key) = tls_support::client_identity("apiserver");
     let (new_ca, new_cert, new_key) = tls_support::client_identity("apiserver");
+    let (running, server_ca) = requiring_client_certs(dir.path(), &old_ca, None).await;
     let ca_file = dir.path().join("client-ca.crt");
-    std::fs::write(&ca_file, &old_ca).unwrap();
-    let (running, server_ca) =
-        standalone(dir.path(), &["--client-ca-file", ca_file.to_str().unwrap()]).await;
     let old = client(&server_ca, &running, Some((&old_cert, &old_key)));
     let new = client(&server_ca, &running, Some((&new_cert, &new_key)));
     assert!(reaches(&old, &running).await);
@@ -203,27 +202,8 @@ async fn a_bad_client_ca_file_fails_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("client-ca.crt");
     std::fs::write(&ca_file, "garbage").unwrap();
-    let cm = dir.path().join("configmap.yaml");
-    std::fs::write(&cm, CONFIGMAP).unwrap();
-    let argv: Vec<String> = [
-        "kube-vip-webhook",
-        "serve",
-        "--standalone",
-        "--configmap",
-        cm.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--cert-dir",
-        dir.path().join("certs").to_str().unwrap(),
-        "--client-ca-file",
-        ca_file.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let err = match kube_vip_webhook::cli::start(&serve_args(&argv), Stop::default()).await {
+    let args = standalone_args(dir.path(), &["--client-ca-file", ca_file.to_str().unwrap()]);
+    let err = match kube_vip_webhook::cli::start(&args, Stop::default()).await {
         Ok(_) => panic!("started with a bad client CA"),
         Err(e) => format!("{e:#}"),
     };

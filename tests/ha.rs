@@ -8,6 +8,8 @@ mod fake_apiserver;
 mod replica;
 #[path = "support/reviews.rs"]
 mod reviews;
+#[path = "support/tls.rs"]
+mod tls_support;
 #[path = "support/wait.rs"]
 mod wait;
 
@@ -17,6 +19,7 @@ use std::time::Instant;
 use fake_apiserver::{FakeApiServer, Matcher};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
+use kube_vip_webhook::serve::Running;
 use serde_json::json;
 use wait::{PATIENCE, eventually};
 
@@ -51,6 +54,28 @@ async fn allocates(client: &reqwest::Client, addr: std::net::SocketAddr) -> bool
     let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let review = reviews::create(&format!("probe-{n}"), "p", &format!("p{n}"), true);
     reviews::address(&reviews::send(client, addr, &review, true).await).is_some()
+}
+
+/// Replica `a` leading and allocating, then replica `b` forwarding to it (both with `flags`).
+async fn leader_and_follower(
+    fake: &FakeApiServer,
+    certs: &replica::Certs,
+    http: &reqwest::Client,
+    flags: &[&str],
+) -> (Running, Running) {
+    let a = replica::start(fake.client(), &replica::args(certs, "a", flags)).await;
+    eventually("a to allocate", || async {
+        allocates(http, a.webhook_addr).await.then_some(())
+    })
+    .await;
+    let b = replica::start(fake.client(), &replica::args(certs, "b", flags)).await;
+    eventually("b to forward to the leader", || async {
+        // Unmarked, b forwards to a: the answer carries an address.
+        let review = reviews::create("fwd", "p", "fwd", true);
+        reviews::address(&reviews::send(http, b.webhook_addr, &review, false).await)
+    })
+    .await;
+    (a, b)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,18 +172,7 @@ async fn only_the_leader_honours_the_forwarded_marker() {
     let fake = cluster();
     let certs = replica::certs();
     let http = reviews::client(&certs.ca_pem);
-    let a = replica::start(fake.client(), &replica::args(&certs, "a", &[])).await;
-    eventually("a to allocate", || async {
-        allocates(&http, a.webhook_addr).await.then_some(())
-    })
-    .await;
-    let b = replica::start(fake.client(), &replica::args(&certs, "b", &[])).await;
-    eventually("b to know the leader", || async {
-        // Unmarked, b forwards to a: the answer carries an address.
-        let review = reviews::create("known", "p", "known", true);
-        reviews::address(&reviews::send(&http, b.webhook_addr, &review, false).await)
-    })
-    .await;
+    let (a, b) = leader_and_follower(&fake, &certs, &http, &[]).await;
 
     // Marked as forwarded, sent to the follower: validated only, nothing held anywhere.
     let review = reviews::create("marked", "f", "marked", false);
@@ -185,17 +199,7 @@ async fn concurrent_admissions_on_two_replicas_get_distinct_addresses() {
     let fake = cluster();
     let certs = replica::certs();
     let http = reviews::client(&certs.ca_pem);
-    let a = replica::start(fake.client(), &replica::args(&certs, "a", &[])).await;
-    eventually("a to allocate", || async {
-        allocates(&http, a.webhook_addr).await.then_some(())
-    })
-    .await;
-    let b = replica::start(fake.client(), &replica::args(&certs, "b", &[])).await;
-    eventually("b to forward", || async {
-        let review = reviews::create("fwd", "p", "fwd", true);
-        reviews::address(&reviews::send(&http, b.webhook_addr, &review, false).await)
-    })
-    .await;
+    let (a, b) = leader_and_follower(&fake, &certs, &http, &[]).await;
     let answers = futures::future::join_all((0..80).map(|i| {
         let addr = if i % 2 == 0 {
             a.webhook_addr
@@ -221,4 +225,30 @@ async fn concurrent_admissions_on_two_replicas_get_distinct_addresses() {
         "the leader decided every admission"
     );
     assert_eq!(b.allocator.reservations(), 0, "the follower decided none");
+}
+
+/// With client certificates required (`--client-ca-file`, only the apiserver may call), replicas
+/// present their serving certificate to each other: a follower still forwards and the leader
+/// decides, so admissions through a follower keep getting their address at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_client_certificates_required_a_follower_still_forwards() {
+    let fake = cluster();
+    let certs = replica::certs();
+    let (client_ca, cert, key) = tls_support::client_identity("kube-apiserver-webhook-client");
+    let ca_file = certs.dir.path().join("client-ca.crt");
+    std::fs::write(&ca_file, client_ca).expect("write client CA");
+    let ca_file = ca_file.display().to_string();
+    let flags = [
+        "--client-ca-file",
+        &ca_file,
+        "--client-allowed-names",
+        "kube-apiserver-webhook-client",
+    ];
+    let apiserver = reviews::client_with_identity(&certs.ca_pem, &cert, &key);
+    let (a, b) = leader_and_follower(&fake, &certs, &apiserver, &flags).await;
+    let review = reviews::create("through-b", "f", "through-b", false);
+    let answer = reviews::send(&apiserver, b.webhook_addr, &review, false).await;
+    assert!(reviews::address(&answer).is_some(), "{answer}");
+    assert_eq!(a.allocator.reservations(), 1, "the leader decided");
+    assert_eq!(b.allocator.reservations(), 0);
 }

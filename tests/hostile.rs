@@ -39,16 +39,12 @@ async fn one_review_cannot_pin_more_than_one_address_per_family() {
     let client = target.client();
     // Every address of the pool in one annotation (the attack of the issue): refused whole.
     let all: Vec<String> = (1..=62).map(|i| format!("10.0.0.{i}")).collect();
-    let answer = post(
+    let answer = post_create(
         &client,
         target.addr,
-        serde_json::to_vec(&create(&service(
-            "evil",
-            "pin-all",
-            &[],
-            Some(&all.join(",")),
-        )))
-        .unwrap(),
+        ("evil", "pin-all"),
+        &[],
+        Some(&all.join(",")),
     )
     .await;
     assert!(!answer.allowed());
@@ -58,16 +54,12 @@ async fn one_review_cannot_pin_more_than_one_address_per_family() {
         answer.message()
     );
     // Two of one family, even as the whole list: refused; one of each is fine.
-    let answer = post(
+    let answer = post_create(
         &client,
         target.addr,
-        serde_json::to_vec(&create(&service(
-            "evil",
-            "two",
-            &[(80, "TCP")],
-            Some("10.0.0.1,10.0.0.2"),
-        )))
-        .unwrap(),
+        ("evil", "two"),
+        &[(80, "TCP")],
+        Some("10.0.0.1,10.0.0.2"),
     )
     .await;
     assert!(
@@ -75,16 +67,12 @@ async fn one_review_cannot_pin_more_than_one_address_per_family() {
         "{}",
         answer.message()
     );
-    let answer = post(
+    let answer = post_create(
         &client,
         target.addr,
-        serde_json::to_vec(&create(&service(
-            "ok",
-            "dual",
-            &[(80, "TCP")],
-            Some("10.0.0.1,fd00::1"),
-        )))
-        .unwrap(),
+        ("ok", "dual"),
+        &[(80, "TCP")],
+        Some("10.0.0.1,fd00::1"),
     )
     .await;
     assert!(answer.allowed(), "{}", answer.review);
@@ -329,16 +317,12 @@ async fn answers_stay_small_whatever_the_review_carries() {
         assert!(answer.bytes <= MAX_ANSWER_BYTES, "{} bytes", answer.bytes);
     }
     // Two DNS names (two warnings) plus sharing: warnings stay few and short.
-    let answer = post(
+    let answer = post_create(
         &client,
         target.addr,
-        serde_json::to_vec(&create(&service(
-            "a",
-            "dns",
-            &[(80, "TCP")],
-            Some(&format!("{}.example,b.example", "a".repeat(60))),
-        )))
-        .unwrap(),
+        ("a", "dns"),
+        &[(80, "TCP")],
+        Some(&format!("{}.example,b.example", "a".repeat(60))),
     )
     .await;
     assert!(answer.allowed());

@@ -166,6 +166,8 @@ pub struct Status {
 pub struct Bootstrapped {
     /// Serve with this; it follows renewals.
     pub server_config: Arc<rustls::ServerConfig>,
+    /// The certificate served right now, presented to the leader when forwarding.
+    pub current_cert: Arc<dyn crate::tls::CurrentCert>,
     pub status: watch::Receiver<Status>,
     /// The background task; it ends when `shutdown` is cancelled.
     pub task: JoinHandle<()>,
@@ -203,6 +205,7 @@ pub async fn ensure_with(
     let task = tokio::spawn(keeper.run(healthy, shutdown));
     Ok(Bootstrapped {
         server_config: cert.server_config(),
+        current_cert: cert.current_cert(),
         status,
         task,
     })

@@ -26,12 +26,13 @@ use kube::runtime::watcher;
 pub use lease::LeaseSettings;
 
 use crate::bootstrap::BootstrapConfig;
-use crate::forward::{CaSource, Forwarder, Refresh};
+use crate::forward::{Forwarder, Refresh};
 use crate::ipam::Family;
 use crate::leadership::Leadership;
 use crate::metrics::Metrics;
 use crate::serve::{Running, Stop, start_servers};
 use crate::state::{Allocator, Confirm};
+use crate::tls::CaSource;
 use context::{Context, Synced};
 
 /// Bound on each request the background tasks send (reconciler patches, Events): a hung
@@ -106,13 +107,11 @@ pub async fn start_with_client(
         .with_quotas(settings.serve.quotas),
     );
     let metrics = Arc::new(Metrics::new(allocator.clone()));
-    let (tls, ca) = match &settings.certs {
+    let (tls, identity, ca) = match &settings.certs {
         Certs::Files { cert, key, ca } => {
             metrics.set_certificate_source(crate::metrics::certificate_file(cert.clone()));
-            (
-                crate::tls::reloading_server_config(cert, key)?,
-                ca.clone().map(CaSource::File),
-            )
+            let (tls, identity) = crate::tls::reloading_serving(cert, key)?;
+            (tls, identity, ca.clone().map(CaSource::File))
         }
         Certs::SelfSigned(cfg) => {
             let boot =
@@ -124,19 +123,30 @@ pub async fn start_with_client(
             let status = boot.status.clone();
             let bundle: Arc<dyn Fn() -> Vec<u8> + Send + Sync> =
                 Arc::new(move || status.borrow().ca_bundle.clone());
-            (boot.server_config, Some(CaSource::Bundle(bundle)))
+            (
+                boot.server_config,
+                boot.current_cert,
+                Some(CaSource::Bundle(bundle)),
+            )
         }
     };
     let leadership = match settings.election {
         Some(_) => Leadership::elected(Some(metrics.clone())),
         None => Leadership::single(Some(metrics.clone())),
     };
+    // With client certificates required, replicas present their serving certificate to each
+    // other (a peer is accepted by the serving CA and the Service name).
+    let peers = ca.clone().map(|ca| crate::tls::Peers {
+        ca,
+        name: settings.forward_server_name.clone(),
+    });
     let forward = match (&settings.election, ca) {
         (Some(lease), Some(ca)) => Some(Arc::new(Forwarder::new(
             leadership.clone(),
             ca,
             settings.forward_server_name.clone(),
             Some(refresh(&client, lease)),
+            Some(identity),
         ))),
         (Some(_), None) => {
             tracing::warn!(
@@ -158,6 +168,7 @@ pub async fn start_with_client(
             tls,
             readiness: readiness.clone(),
             cert_dir: None,
+            peers: settings.election.as_ref().and(peers),
         },
         stop.clone(),
     )?;

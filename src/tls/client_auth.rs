@@ -2,6 +2,8 @@
 //! CA (and, optionally, with one of the given names) complete the handshake. The apiserver
 //! presents one when its AdmissionConfiguration gives the webhook a `kubeConfigFile` with a
 //! client certificate for the webhook's host name (see README "Authenticating the apiserver").
+//! Other replicas forwarding to the leader are accepted too, by their serving certificate
+//! ([`Peers`]).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -13,8 +15,9 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, ServerConfig};
 
+use super::peers::{PeerVerifier, Peers, names, roots_from_pem};
 use super::stamp::Stamp;
-use super::{TlsError, error_chain, parse_certs, provider, read, write};
+use super::{TlsError, error_chain, provider, read, write};
 
 /// What a client must present.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -26,13 +29,15 @@ pub struct ClientAuth {
     pub allowed_names: Vec<String>,
 }
 
-/// `config` (same certificate, same protocols) requiring a client certificate per `auth`. The
-/// CA file is read now, so a bad one fails before anything binds.
+/// `config` (same certificate, same protocols) requiring a client certificate per `auth`, or a
+/// peer's serving certificate when `peers` is given. The CA file is read now, so a bad one fails
+/// before anything binds.
 pub fn require_client_certs(
     config: &ServerConfig,
     auth: &ClientAuth,
+    peers: Option<Peers>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let verifier = ReloadingVerifier::new(auth.clone())?;
+    let verifier = ReloadingVerifier::new(auth.clone(), peers.map(PeerVerifier::new))?;
     let mut out = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(TlsError::Config)?
@@ -52,6 +57,7 @@ struct ReloadingVerifier {
     state: RwLock<Loaded>,
     reloading: Mutex<()>,
     algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+    peers: Option<PeerVerifier>,
 }
 
 struct Loaded {
@@ -78,21 +84,14 @@ fn load(path: &Path) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
         what: what.clone(),
         source,
     })?;
-    let mut roots = rustls::RootCertStore::empty();
-    for (index, der) in parse_certs(&pem, &what)?.into_iter().enumerate() {
-        roots.add(der).map_err(|e| TlsError::BadCertificate {
-            what: what.clone(),
-            index: index + 1,
-            reason: e.to_string(),
-        })?;
-    }
+    let roots = roots_from_pem(&pem, &what)?;
     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .build()
         .map_err(|source| TlsError::ClientVerifier { what, source })
 }
 
 impl ReloadingVerifier {
-    fn new(auth: ClientAuth) -> Result<Self, TlsError> {
+    fn new(auth: ClientAuth, peers: Option<PeerVerifier>) -> Result<Self, TlsError> {
         let seen = Stamp::of(&auth.ca_file).ok();
         let verifier = load(&auth.ca_file)?;
         Ok(ReloadingVerifier {
@@ -100,6 +99,7 @@ impl ReloadingVerifier {
             state: RwLock::new(Loaded { seen, verifier }),
             reloading: Mutex::new(()),
             algorithms: provider().signature_verification_algorithms,
+            peers,
         })
     }
 
@@ -138,32 +138,9 @@ impl ReloadingVerifier {
         if self.auth.allowed_names.is_empty() {
             return true;
         }
-        let Ok((_, cert)) = x509_parser::parse_x509_certificate(end_entity) else {
-            return false;
-        };
-        let common_names = cert
-            .subject()
-            .iter_common_name()
-            .filter_map(|cn| cn.as_str().ok())
-            .map(str::to_string);
-        let dns_names = cert
-            .subject_alternative_name()
-            .ok()
-            .flatten()
-            .map(|san| {
-                san.value
-                    .general_names
-                    .iter()
-                    .filter_map(|n| match n {
-                        x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
-                        _ => None,
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default();
-        let allowed = common_names
-            .chain(dns_names)
-            .any(|n| self.auth.allowed_names.contains(&n));
+        let allowed = names(end_entity)
+            .iter()
+            .any(|n| self.auth.allowed_names.contains(n));
         if !allowed {
             tracing::debug!("client certificate name is not among the allowed names");
         }
@@ -191,15 +168,22 @@ impl ClientCertVerifier for ReloadingVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self
+        let refused = match self
             .current()
-            .verify_client_cert(end_entity, intermediates, now)?;
-        if !self.name_allowed(end_entity) {
-            return Err(rustls::Error::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure,
-            ));
+            .verify_client_cert(end_entity, intermediates, now)
+        {
+            Ok(verified) if self.name_allowed(end_entity) => return Ok(verified),
+            Ok(_) => {
+                rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
+            }
+            Err(e) => e,
+        };
+        match &self.peers {
+            Some(peers) if peers.is_peer(end_entity, intermediates, now) => {
+                Ok(ClientCertVerified::assertion())
+            }
+            _ => Err(refused),
         }
-        Ok(verified)
     }
 
     fn verify_tls12_signature(

@@ -213,6 +213,23 @@ impl Answer {
     }
 }
 
+/// POST the CREATE review of a Service to `/mutate` (see [`service`]).
+pub async fn post_create(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    (ns, name): (&str, &str),
+    ports: &[(i32, &str)],
+    requested: Option<&str>,
+) -> Answer {
+    let review = create(&service(ns, name, ports, requested));
+    post(
+        client,
+        addr,
+        serde_json::to_vec(&review).expect("review JSON"),
+    )
+    .await
+}
+
 /// POST a body to `/mutate`.
 pub async fn post(
     client: &reqwest::Client,

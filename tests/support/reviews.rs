@@ -36,6 +36,20 @@ pub fn client(ca_pem: &str) -> reqwest::Client {
         .expect("client")
 }
 
+/// [`client`] presenting a client certificate (PEM certificate and key), as the apiserver does
+/// when the webhook requires one.
+pub fn client_with_identity(ca_pem: &str, cert_pem: &str, key_pem: &str) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let identity =
+        reqwest::Identity::from_pem(format!("{cert_pem}{key_pem}").as_bytes()).expect("identity");
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("CA PEM"))
+        .identity(identity)
+        .build()
+        .expect("client")
+}
+
 /// POST `review` to the webhook at `addr`, optionally marked as forwarded by another replica.
 pub async fn send(
     client: &reqwest::Client,
