@@ -127,6 +127,8 @@ fn is_zero(n: &i32) -> bool {
 }
 
 /// A pool of load-balancer addresses, and which Services may draw from it.
+// Every `printcolumn(...)` names its `type_`: clippy reads the repeats as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[kube(
     group = "lb.kube-vip.io",

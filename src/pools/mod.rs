@@ -44,7 +44,7 @@ impl PoolSet {
         }
         let mut pools: Vec<Arc<ObjectPool>> = by_name.into_values().collect();
         // Stable on the name order above: equal priorities stay sorted by name.
-        pools.sort_by(|a, b| b.spec.priority.cmp(&a.spec.priority));
+        pools.sort_by_key(|p| std::cmp::Reverse(p.spec.priority));
         PoolSet {
             by_name: pools
                 .iter()
