@@ -358,3 +358,45 @@ async fn status_counts_follow_creates_and_deletes_and_a_deleted_pool_keeps_its_a
     assert_eq!(annotation(&d), None);
     assert!(wh.log_lines("cannot write VIPPool status").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_label_selects_the_pool_once_it_is_set() {
+    let Some(t) = E2e::new("pools-label").await else {
+        return;
+    };
+    install_pool_crd(&t.client).await;
+    t.set_config(&[(&t.key("range"), &t.range(100, 110))]).await;
+    t.register().await;
+    let _wh = t.start_webhook("pools-label-0", &[]).await;
+    t.wait_active().await;
+    // Selects namespaces by a label only this test sets.
+    let spec: VIPPoolSpec = serde_json::from_value(json!({
+        "addresses": [t.range(70, 79)],
+        "namespaceSelector": {"matchLabels": {"pools-e2e": t.ns}},
+    }))
+    .unwrap();
+    pools(&t)
+        .create(&PostParams::default(), &VIPPool::new(&t.ns, spec))
+        .await
+        .expect("create pool");
+    let before = t.services().create(&PostParams::default(), &lb("before", 80)).await.unwrap();
+    assert_eq!(annotation(&before), Some(t.ip(100)), "not labelled yet: the ConfigMap");
+
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(t.client.clone());
+    namespaces
+        .patch(
+            &t.ns,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"labels": {"pools-e2e": t.ns}}})),
+        )
+        .await
+        .expect("label the namespace");
+    eventually("the labelled namespace to use the pool", || async {
+        (dry_run(&t, &lb("after", 80)).await? == t.ip(70)).then_some(())
+    })
+    .await;
+    let after = t.services().create(&PostParams::default(), &lb("after", 80)).await.unwrap();
+    assert_eq!(annotation(&after), Some(t.ip(70)));
+    // The Service admitted before keeps its address.
+    assert_eq!(t.address_of("before").await, Some(t.ip(100)));
+}
