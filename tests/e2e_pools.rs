@@ -379,8 +379,16 @@ async fn a_namespace_label_selects_the_pool_once_it_is_set() {
         .create(&PostParams::default(), &VIPPool::new(&t.ns, spec))
         .await
         .expect("create pool");
-    let before = t.services().create(&PostParams::default(), &lb("before", 80)).await.unwrap();
-    assert_eq!(annotation(&before), Some(t.ip(100)), "not labelled yet: the ConfigMap");
+    let before = t
+        .services()
+        .create(&PostParams::default(), &lb("before", 80))
+        .await
+        .unwrap();
+    assert_eq!(
+        annotation(&before),
+        Some(t.ip(100)),
+        "not labelled yet: the ConfigMap"
+    );
 
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(t.client.clone());
     namespaces
@@ -395,7 +403,11 @@ async fn a_namespace_label_selects_the_pool_once_it_is_set() {
         (dry_run(&t, &lb("after", 80)).await? == t.ip(70)).then_some(())
     })
     .await;
-    let after = t.services().create(&PostParams::default(), &lb("after", 80)).await.unwrap();
+    let after = t
+        .services()
+        .create(&PostParams::default(), &lb("after", 80))
+        .await
+        .unwrap();
     assert_eq!(annotation(&after), Some(t.ip(70)));
     // The Service admitted before keeps its address.
     assert_eq!(t.address_of("before").await, Some(t.ip(100)));
