@@ -115,10 +115,11 @@ pub fn strip_service(svc: &mut J) {
                     "annotations",
                     "labels",
                 ],
-                |k, v| match k {
-                    "annotations" => v.keep(&ANNOTATIONS, |_, _| {}),
-                    // Every label: pool objects select Services by any of them.
-                    _ => {}
+                // Every label is kept: pool objects select Services by any of them.
+                |k, v| {
+                    if k == "annotations" {
+                        v.keep(&ANNOTATIONS, |_, _| {});
+                    }
                 },
             ),
             "spec" => v.keep(
