@@ -412,3 +412,50 @@ async fn a_namespace_label_selects_the_pool_once_it_is_set() {
     // The Service admitted before keeps its address.
     assert_eq!(t.address_of("before").await, Some(t.ip(100)));
 }
+
+/// A Service of a class nobody handles is not ours; a pool naming that class makes it ours: the
+/// Service watch starts over (the reconciler's store only keeps Services that were ours) and the
+/// reconciler assigns it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_naming_a_class_adopts_the_services_of_that_class() {
+    let Some(t) = E2e::new("pools-class").await else {
+        return;
+    };
+    install_pool_crd(&t.client).await;
+    t.set_config(&[(&t.key("range"), &t.range(100, 110))]).await;
+    t.register().await;
+    let _wh = t.start_webhook("pools-class-0", &[]).await;
+    t.wait_active().await;
+    let class = format!("example.com/{}", t.ns);
+    let svc = with(
+        lb("late-class", 80),
+        json!({"spec": {"loadBalancerClass": class}}),
+    );
+    let created = t
+        .services()
+        .create(&PostParams::default(), &svc)
+        .await
+        .unwrap();
+    assert_eq!(
+        annotation(&created),
+        None,
+        "no pool names the class yet: not ours"
+    );
+
+    pools(&t)
+        .create(
+            &PostParams::default(),
+            &pool(
+                &t,
+                "",
+                json!({"addresses": [t.range(80, 81)], "loadBalancerClass": class}),
+            ),
+        )
+        .await
+        .expect("create pool");
+    let ip = eventually("the class Service to be adopted", || {
+        t.address_of("late-class")
+    })
+    .await;
+    assert!([t.ip(80), t.ip(81)].contains(&ip), "{ip}");
+}
