@@ -36,7 +36,7 @@ use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::service::{
-    IMPLEMENTATION_LABEL, INTERFACE_ANNOTATION, LB_IPS_ANNOTATION, REQUESTED_IP_ANNOTATION,
+    INTERFACE_ANNOTATION, LB_IPS_ANNOTATION, POOL_ANNOTATION, REQUESTED_IP_ANNOTATION,
 };
 
 /// Decode a review of Services, keeping only what allocation reads.
@@ -398,15 +398,20 @@ struct AnnotationKeys;
 
 impl Keys for AnnotationKeys {
     fn wanted(key: &str) -> bool {
-        key == LB_IPS_ANNOTATION || key == REQUESTED_IP_ANNOTATION || key == INTERFACE_ANNOTATION
+        key == LB_IPS_ANNOTATION
+            || key == REQUESTED_IP_ANNOTATION
+            || key == INTERFACE_ANNOTATION
+            || key == POOL_ANNOTATION
     }
 }
 
 struct LabelKeys;
 
+/// Every label: pool objects select Services by any of them (Kubernetes bounds a label's key to
+/// 316 bytes and its value to 63, and the whole object's size; the webhook bounds the body).
 impl Keys for LabelKeys {
-    fn wanted(key: &str) -> bool {
-        key == IMPLEMENTATION_LABEL
+    fn wanted(_key: &str) -> bool {
+        true
     }
 }
 

@@ -7,19 +7,21 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
-use crate::config::{Config, FamilyPool, Pool};
+use crate::config::{Config, FamilyPool};
 use crate::index::{HolderId, UsedIndex};
 use crate::ipam::{self, AddressSet, Family};
+use crate::pools::{Candidate, PoolSet, select};
 use crate::service::{
-    FamilyPolicy, IMPLEMENTATION_LABEL, IMPLEMENTATION_VALUE, INTERFACE_ANNOTATION,
-    LB_IPS_ANNOTATION, PortKey, RequestSource, SvcInfo, normalized_ports, port_clash,
+    FamilyPolicy, IMPLEMENTATION_LABEL, IMPLEMENTATION_VALUE, LB_IPS_ANNOTATION, PortKey,
+    RequestSource, SvcInfo, normalized_ports, port_clash,
 };
 
+mod allocate;
 mod bounds;
 mod reserved;
 
 pub use bounds::{MAX_REQUESTED_ENTRIES, MAX_REQUESTED_LEN, check_bounds};
-use bounds::{entries, field_name, quoted};
+use bounds::{entries, field_name, limits, quoted};
 
 pub const DEFAULT_CLASS: &str = "kube-vip.io/kube-vip-class";
 
@@ -153,12 +155,52 @@ pub struct View<'a> {
     pub me: &'a [HolderId],
 }
 
-/// Decide what `svc` gets. `old` is the previous object on UPDATE.
+/// Pool objects (VIPPools) and what choosing among them reads, beside the ConfigMap.
+#[derive(Clone, Copy, Debug)]
+pub struct Pools<'a> {
+    pub set: &'a PoolSet,
+    /// Labels of the Service's namespace; `None` when not known (yet).
+    pub namespace_labels: Option<&'a BTreeMap<String, String>>,
+}
+
+/// Whether the webhook handles `svc`: SPEC 3's rule, or a class some pool object names.
+pub fn handles(options: &Options, pools: &PoolSet, svc: &SvcInfo) -> bool {
+    options.handles(svc)
+        || (svc.load_balancer
+            && !pools.is_empty()
+            && svc.class.as_deref().is_some_and(|c| pools.claims_class(c)))
+}
+
+/// [`check_bounds`] with pool objects: a Service of a class a pool names is bounded too.
+pub fn check_bounds_with(svc: &SvcInfo, options: &Options, pools: &PoolSet) -> Option<String> {
+    if handles(options, pools, svc) {
+        limits(svc)
+    } else {
+        None
+    }
+}
+
+/// Decide what `svc` gets from the ConfigMap's pools alone. `old` is the previous object on UPDATE.
 pub fn decide(svc: &SvcInfo, old: Option<&SvcInfo>, view: &View<'_>) -> Decision {
-    if let Some(why) = check_bounds(svc, view.options) {
+    let none = PoolSet::default();
+    let pools = Pools {
+        set: &none,
+        namespace_labels: None,
+    };
+    decide_with(svc, old, view, &pools)
+}
+
+/// Decide what `svc` gets: pool objects first, then the ConfigMap's pool (`pools::select`).
+pub fn decide_with(
+    svc: &SvcInfo,
+    old: Option<&SvcInfo>,
+    view: &View<'_>,
+    pools: &Pools<'_>,
+) -> Decision {
+    if let Some(why) = check_bounds_with(svc, view.options, pools.set) {
         return Decision::new(Outcome::Denied(why));
     }
-    if !view.options.handles(svc) {
+    if !handles(view.options, pools.set, svc) {
         let why = if !svc.load_balancer {
             "not a LoadBalancer Service".to_string()
         } else {
@@ -177,11 +219,12 @@ pub fn decide(svc: &SvcInfo, old: Option<&SvcInfo>, view: &View<'_>) -> Decision
     match svc.requested() {
         Some(req) => {
             let kept = old.filter(|o| {
-                view.options.handles(o) && o.requested().map(|r| r.value) == Some(req.value)
+                handles(view.options, pools.set, o)
+                    && o.requested().map(|r| r.value) == Some(req.value)
             });
-            requested(svc, req.value, req.source, kept, view)
+            requested(svc, req.value, req.source, kept, view, pools)
         }
-        None => allocate(svc, view),
+        None => allocate::allocate(svc, view, pools),
     }
 }
 
@@ -192,6 +235,7 @@ fn requested(
     source: RequestSource,
     kept: Option<&SvcInfo>,
     view: &View<'_>,
+    pools: &Pools<'_>,
 ) -> Decision {
     let field = field_name(source);
     let mut warnings = Vec::new();
@@ -248,8 +292,25 @@ fn requested(
         }
     }
     if kept.is_none() {
+        // Addresses a pool object carves out are used by the network (gateways): never pinned.
+        if let Some((ip, pool)) = ips
+            .iter()
+            .find_map(|ip| pools.set.excluded_by(*ip).map(|p| (ip, p)))
+        {
+            return Decision::new(Outcome::Denied(format!(
+                "{field}: address {ip} is excluded by VIPPool {} (spec.exclude: the network uses it); \
+                 choose another address",
+                pool.name
+            )));
+        }
         // A change of the user's choice is a new request (SPEC 4.6): say what it shares.
-        let pool = view.config.pool_for(&svc.namespace);
+        let selection = select(
+            svc,
+            view.options.handles(svc),
+            pools.namespace_labels,
+            pools.set,
+            view.config,
+        );
         for ip in ips.iter().filter(|ip| !ip.is_unspecified()) {
             let others = view
                 .index
@@ -257,7 +318,12 @@ fn requested(
                 .iter()
                 .filter(|h| !view.me.contains(&h.id));
             let count = others.clone().count();
-            if count > 0 && !view.config.allow_share(&svc.namespace) {
+            let home = selection.candidates.iter().find(|c| c.contains(*ip));
+            let share = match home {
+                Some(c) => c.allow_share,
+                None => view.config.allow_share(&svc.namespace),
+            };
+            if count > 0 && !share {
                 // A few names are enough; an address may have any number of holders.
                 let names: Vec<&str> = others.take(NAMED_SHARERS).map(|h| &*h.label).collect();
                 let more = count.saturating_sub(NAMED_SHARERS);
@@ -266,17 +332,34 @@ fn requested(
                 } else {
                     String::new()
                 };
+                let setting = match home.and_then(|c| c.object) {
+                    Some(o) => format!("allowShare is not enabled for VIPPool {}", o.name),
+                    None => format!(
+                        "allow-share is not enabled for namespace {:?}",
+                        svc.namespace
+                    ),
+                };
                 warnings.push(format!(
-                    "address {ip} is shared with {}{more} (no port clash); allow-share is not enabled for namespace {:?}, \
+                    "address {ip} is shared with {}{more} (no port clash); {setting}, \
                      requested addresses may still share",
                     names.join(", "),
-                    svc.namespace
                 ));
             }
-            if !pool.is_some_and(|p| p.contains(*ip)) {
+            let inside = home.is_some() || selection.disabled.iter().any(|p| p.pool.contains(*ip));
+            if !inside && pools.set.is_empty() {
                 warnings.push(format!(
                     "address {ip} is outside the address pool for namespace {:?}; admitted as requested",
                     svc.namespace
+                ));
+            } else if !inside {
+                let keys: Vec<&str> = selection.candidates.iter().map(Candidate::key).collect();
+                let keys = if keys.is_empty() {
+                    "none".to_string()
+                } else {
+                    keys.join(", ")
+                };
+                warnings.push(format!(
+                    "address {ip} is outside every address pool this Service may use ({keys}); admitted as requested"
                 ));
             }
         }
@@ -297,91 +380,6 @@ fn requested(
     decision
 }
 
-fn allocate(svc: &SvcInfo, view: &View<'_>) -> Decision {
-    let ns = &svc.namespace;
-    let Some(pool) = view.config.pool_for(ns) else {
-        return Decision::new(Outcome::NoAddress(format!(
-            "no address pool for namespace {ns:?}: ConfigMap {} has none of the keys cidr-{ns}, cidr-global, range-{ns}, range-global",
-            view.config_name
-        )));
-    };
-    let mut warnings: Vec<String> = view
-        .config
-        .errors_for_key(&pool.key)
-        .map(|e| format!("ConfigMap {}: {e} (entry ignored)", view.config_name))
-        .collect();
-
-    let primary = svc
-        .families
-        .first()
-        .copied()
-        .unwrap_or(view.options.default_family);
-    let secondary = other(primary);
-    let (wanted, required): (&[Family], bool) = match svc.policy {
-        None | Some(FamilyPolicy::SingleStack) => (&[primary], true),
-        Some(FamilyPolicy::RequireDualStack) => (&[primary, secondary], true),
-        Some(FamilyPolicy::PreferDualStack) => (&[primary, secondary], false),
-    };
-
-    let share = view.config.allow_share(ns);
-    let mut ips = Vec::new();
-    let mut shared = false;
-    let mut missing = Vec::new();
-    for family in wanted {
-        match pick(svc, pool, *family, share, view) {
-            Ok((ip, was_shared)) => {
-                ips.push(ip);
-                shared |= was_shared;
-            }
-            Err(why) => missing.push(why),
-        }
-    }
-    if ips.is_empty() || (required && !missing.is_empty()) {
-        let what = if wanted.len() == 2 && required {
-            "RequireDualStack needs one free address of each family: "
-        } else {
-            ""
-        };
-        let mut decision =
-            Decision::new(Outcome::NoAddress(format!("{what}{}", missing.join("; "))));
-        decision.warnings = warnings;
-        return decision;
-    }
-    // PreferDualStack with one family unavailable: admitted with what we have, and said so.
-    warnings.extend(missing.into_iter().map(|m| format!("PreferDualStack: {m}")));
-
-    let value = ips
-        .iter()
-        .map(IpAddr::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut decision = Decision::new(Outcome::Allocated {
-        ips: ips.clone(),
-        pool: pool.key.clone(),
-        shared,
-    });
-    decision.warnings = warnings;
-    let changes = &mut decision.changes;
-    changes
-        .annotations
-        .insert(LB_IPS_ANNOTATION.to_string(), value);
-    if let Some(iface) = view.config.interface(ns) {
-        changes
-            .annotations
-            .insert(INTERFACE_ANNOTATION.to_string(), iface.to_string());
-    }
-    if !svc.has_implementation_label {
-        changes.labels.insert(
-            IMPLEMENTATION_LABEL.to_string(),
-            IMPLEMENTATION_VALUE.to_string(),
-        );
-    }
-    if view.options.write_spec_load_balancer_ip {
-        changes.spec_load_balancer_ip = ips.first().map(IpAddr::to_string);
-    }
-    decision
-}
-
 /// The pairs `new` has and `old` had not; `None` when there are none. Losing every port is
 /// adding "all ports" (a Service without ports clashes with everything).
 fn added_ports<'a>(new: &'a [PortKey], old: &[PortKey]) -> Option<Cow<'a, [PortKey]>> {
@@ -397,46 +395,85 @@ fn added_ports<'a>(new: &'a [PortKey], old: &[PortKey]) -> Option<Cow<'a, [PortK
     (!added.is_empty()).then_some(Cow::Owned(added))
 }
 
-/// One address of `family` from `pool`: a shareable held address first when sharing is on,
-/// else the next free one. Err says why not, naming pool, namespace and counts.
-fn pick(
-    svc: &SvcInfo,
-    pool: &Pool,
-    family: Family,
-    share: bool,
-    view: &View<'_>,
-) -> Result<(IpAddr, bool), String> {
-    let ns = &svc.namespace;
-    let set = match pool.family(family) {
-        None => {
-            return Err(format!(
-                "pool {} for namespace {ns:?} has no {family} addresses",
-                pool.key
-            ));
+/// Why a pool gave no address of a family; turned into words only when no pool could serve the
+/// Service (with 100 pools tried, formatting every miss cost more than the search).
+#[derive(Clone, Debug)]
+pub(crate) enum Miss<'a> {
+    NoFamily,
+    Empty,
+    /// Every address of the pool is excluded (the message names the exclusions).
+    Excluded(String),
+    /// `set` is the pool's, `capacity` what is left of it after exclusions.
+    Exhausted {
+        capacity: u128,
+        set: &'a AddressSet,
+    },
+}
+
+impl Miss<'_> {
+    pub(crate) fn explain(
+        &self,
+        svc: &SvcInfo,
+        candidate: &Candidate<'_>,
+        family: Family,
+    ) -> String {
+        let (key, ns) = (candidate.key(), &svc.namespace);
+        match self {
+            Miss::NoFamily => format!("pool {key} for namespace {ns:?} has no {family} addresses"),
+            Miss::Empty => {
+                let see = match candidate.object {
+                    Some(_) => "see its Invalid condition",
+                    None => "see the ConfigMap errors",
+                };
+                format!("pool {key} for namespace {ns:?} has no usable {family} entries ({see})")
+            }
+            Miss::Excluded(why) => why.clone(),
+            Miss::Exhausted { capacity, set } => format!(
+                "pool {key} for namespace {ns:?} is exhausted: all {capacity} {family} addresses of {set} are in use"
+            ),
         }
+    }
+}
+
+/// An address of `family` from the candidate pool: a shareable one when sharing is allowed,
+/// else the next free one. Err says why not ([`Miss::explain`]).
+fn pick<'a>(
+    svc: &SvcInfo,
+    candidate: &Candidate<'a>,
+    family: Family,
+    view: &View<'_>,
+) -> Result<(IpAddr, bool), Miss<'a>> {
+    let pool = candidate.pool;
+    let share = candidate.allow_share;
+    let set = match pool.family(family) {
+        None => return Err(Miss::NoFamily),
         Some(FamilyPool::Dhcp) => return Ok((IpAddr::V4(Ipv4Addr::UNSPECIFIED), false)),
         Some(FamilyPool::Set(set)) => set,
     };
     if set.is_empty() {
-        return Err(format!(
-            "pool {} for namespace {ns:?} has no usable {family} entries (see the ConfigMap errors)",
-            pool.key
-        ));
+        return Err(Miss::Empty);
     }
-    let usable = reserved::usable(pool, family, ns, set, view)?;
+    let usable =
+        reserved::usable(pool, family, &svc.namespace, set, view).map_err(Miss::Excluded)?;
+    let pool_set = set;
     let set = usable.as_ref();
     let order = view.config.search_order();
     if share && let Some(ip) = shareable(svc, set, view) {
         return Ok((ip, true));
     }
-    match ipam::next_free(set, view.index.addrs(), order) {
-        Some(ip) => Ok((ip, false)),
-        None => Err(format!(
-            "pool {} for namespace {ns:?} is exhausted: all {} {family} addresses of {set} are in use",
-            pool.key,
+    let free = if candidate.avoid_buggy_ips {
+        ipam::next_free(set, view.index.addrs(), order)
+    } else {
+        ipam::next_free_any(set, view.index.addrs(), order)
+    };
+    free.map(|ip| (ip, false)).ok_or_else(|| Miss::Exhausted {
+        capacity: if candidate.avoid_buggy_ips {
             set.capacity()
-        )),
-    }
+        } else {
+            set.size()
+        },
+        set: pool_set,
+    })
 }
 
 /// First held address of the pool (search order) whose every holder has no (port, protocol)

@@ -15,7 +15,9 @@ use crate::admission::objects::{Document, Sink};
 use crate::service::SvcInfo;
 
 mod network;
+mod pools;
 pub use network::load_network;
+pub use pools::load_pools;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {

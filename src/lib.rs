@@ -1,8 +1,8 @@
 //! kube-vip-webhook: admission-time LoadBalancer address allocation for kube-vip.
 //!
-//! Data flow (see `docs/design.md`): `config` (ConfigMap -> pools) -> `ipam` (pure address
-//! arithmetic) -> `state` (used-address index, reservations) -> `engine` (the one allocation
-//! decision) -> `webhook` / `reconciler` / `plan`.
+//! Data flow (see `docs/design.md`): `config` (ConfigMap -> pools) and `pools` (VIPPool objects
+//! -> pools) -> `ipam` (pure address arithmetic) -> `state` (used-address index, reservations)
+//! -> `engine` (the one allocation decision) -> `webhook` / `reconciler` / `plan`.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -20,6 +20,7 @@ pub mod leadership;
 pub mod live;
 pub mod metrics;
 pub mod plan;
+pub mod pools;
 pub mod private_files;
 pub mod reserved;
 pub mod serve;

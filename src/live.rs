@@ -14,6 +14,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::ListParams;
 
+mod pools;
+
 use crate::admission::LeanService;
 use crate::ipam::Family;
 use crate::reserved::objects::{
@@ -85,6 +87,8 @@ pub struct Snapshot {
     pub network: Vec<(Source, Vec<Holding>)>,
     pub lease: Option<Lease>,
     pub certs: Vec<CertInfo>,
+    /// VIPPools and namespace labels (empty where the CRD is absent or not readable).
+    pub objects: crate::pools::PoolObjects,
 }
 
 pub async fn read(client: &kube::Client, target: &Target) -> anyhow::Result<Snapshot> {
@@ -138,6 +142,7 @@ pub async fn read(client: &kube::Client, target: &Target) -> anyhow::Result<Snap
         network,
         lease,
         certs,
+        objects: pools::read_objects(client).await,
     })
 }
 

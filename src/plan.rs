@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::engine::{Options, Outcome};
 use crate::files::{self, FileError};
+use crate::pools::PoolObjects;
 use crate::reserved::Network;
 use crate::service::SvcInfo;
 use crate::state::{Allocator, Confirm, Request};
@@ -21,6 +22,8 @@ pub struct PlanInput {
     pub configmap: PathBuf,
     pub services: Vec<PathBuf>,
     pub requests: Vec<PathBuf>,
+    /// VIPPool objects (`--pools`).
+    pub pools: Vec<PathBuf>,
     pub options: Options,
     /// Nodes (and the API endpoint's objects) whose addresses are never handed out.
     pub nodes: Vec<PathBuf>,
@@ -72,6 +75,11 @@ pub fn run(input: &PlanInput) -> Result<Plan, FileError> {
         sources: files::load_network(&input.nodes)?,
         exclude: input.exclude.clone(),
     };
+    let objects = PoolObjects {
+        pools: files::load_pools(&input.pools)?,
+        // Files carry no Namespaces: selectors on namespace labels match by name only.
+        namespaces: Vec::new(),
+    };
     Ok(decide_all(
         Some(config),
         &input.configmap.display().to_string(),
@@ -79,6 +87,7 @@ pub fn run(input: &PlanInput) -> Result<Plan, FileError> {
         requests,
         &input.options,
         &network,
+        &objects,
     ))
 }
 
@@ -91,6 +100,7 @@ pub fn decide_all(
     requests: Option<Vec<SvcInfo>>,
     options: &Options,
     network: &Network,
+    objects: &PoolObjects,
 ) -> Plan {
     let mut config_errors: Vec<String> = config
         .as_ref()
@@ -102,11 +112,13 @@ pub fn decide_all(
     let allocator =
         Allocator::new(options.clone(), Confirm::OnAdmit, config_name).with_network(network);
     allocator.set_config(config);
+    allocator.load_objects(objects);
+    config_errors.extend(PoolObjects::errors(&allocator.pools()));
     allocator.reset_services(existing);
     let requests = requests.unwrap_or_else(|| {
         existing
             .iter()
-            .filter(|s| allocator.options().needs_allocation(s))
+            .filter(|s| allocator.needs_allocation(s))
             .cloned()
             .collect()
     });

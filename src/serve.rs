@@ -48,6 +48,8 @@ pub struct Settings {
 pub struct Standalone {
     pub configmap: PathBuf,
     pub services: Vec<PathBuf>,
+    /// VIPPool objects (`--pools`).
+    pub pools: Vec<PathBuf>,
     /// Serving certificate files; without them a self-signed one is generated into `cert_dir`.
     pub tls_files: Option<(PathBuf, PathBuf)>,
     pub cert_dir: Option<PathBuf>,
@@ -166,6 +168,13 @@ pub async fn start_standalone(
         .with_exclusion(settings.exclude.clone()),
     );
     allocator.set_config(Some(config));
+    allocator.load_objects(&crate::pools::PoolObjects {
+        pools: files::load_pools(&standalone.pools)?,
+        namespaces: Vec::new(),
+    });
+    for e in crate::pools::PoolObjects::errors(&allocator.pools()) {
+        tracing::warn!("pool error: {e}");
+    }
     allocator.reset_services(&files::load_svc_infos(&standalone.services)?);
 
     let (tls, cert_dir) = match &standalone.tls_files {

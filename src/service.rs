@@ -3,6 +3,7 @@
 //! Everything downstream (index, engine, webhook, reconciler, plan) works on [`SvcInfo`], so the
 //! rules about which fields mean what live here and nowhere else.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -19,6 +20,8 @@ pub const INTERFACE_ANNOTATION: &str = "kube-vip.io/serviceInterface";
 /// Label the peer puts on Services it manages; kept for drop-in compatibility.
 pub const IMPLEMENTATION_LABEL: &str = "implementation";
 pub const IMPLEMENTATION_VALUE: &str = "kube-vip";
+/// Names the pool object (VIPPool) a Service draws its address from.
+pub const POOL_ANNOTATION: &str = "lb.kube-vip.io/pool";
 
 /// `namespace/name` of a Service.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -168,6 +171,10 @@ pub struct SvcInfo {
     pub families: Vec<Family>,
     pub ports: Vec<PortKey>,
     pub has_implementation_label: bool,
+    /// Every label, for pool objects' service selectors.
+    pub labels: BTreeMap<String, String>,
+    /// The pool object named by [`POOL_ANNOTATION`], trimmed; `None` when absent or blank.
+    pub pool: Option<String>,
 }
 
 /// Addresses a Service holds, for the used-address index.
@@ -233,6 +240,10 @@ impl SvcInfo {
                 .as_ref()
                 .and_then(|l| l.get(IMPLEMENTATION_LABEL))
                 .is_some_and(|v| v == IMPLEMENTATION_VALUE),
+            labels: meta.labels.clone().unwrap_or_default(),
+            pool: annotation(POOL_ANNOTATION)
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty()),
         }
     }
 

@@ -8,22 +8,25 @@
 //! Reviews come from whoever can reach the webhook port, so what they make the allocator hold is
 //! bounded ([`Quotas`]); our own reconciler (Services that exist) is not.
 
+mod objects;
 mod prepare;
 mod quota;
 mod reserved;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, FamilyPool};
-use crate::engine::{self, Changes, Decision, Options, Outcome, View};
+use crate::engine::{self, Changes, Decision, Options, Outcome, Pools, View};
 use crate::index::{Holder, HolderId, UsedIndex};
 use crate::ipam::Family;
 use crate::metrics::{PoolStat, StatsSource};
 use crate::service::{ServiceKey, SvcInfo};
 
+pub use objects::Labels;
+use objects::Objects;
 use prepare::{Prepared, at_quota, prepare};
 use quota::Usage;
 pub use quota::{
@@ -101,6 +104,7 @@ pub struct Request<'a> {
 #[derive(Debug)]
 pub struct Allocator {
     inner: Mutex<Inner>,
+    objects: RwLock<Objects>,
     options: Options,
     confirm: Confirm,
     config_name: String,
@@ -129,6 +133,7 @@ impl Allocator {
         };
         Allocator {
             inner: Mutex::new(Inner::default()),
+            objects: RwLock::default(),
             options,
             confirm,
             config_name: config_name.into(),
@@ -177,9 +182,10 @@ impl Allocator {
     }
 
     fn admit_as(&self, req: Request<'_>, now: Instant, caller: Caller) -> Decision {
+        let (pools, namespace_labels) = self.objects_for(&req.svc.namespace);
         // Outside the lock: refuse what no Service can carry, and build what the locked section
         // stores, so that the lock is held for the decision and a few map updates only.
-        if let Some(why) = engine::check_bounds(req.svc, &self.options) {
+        if let Some(why) = engine::check_bounds_with(req.svc, &self.options, &pools) {
             return Decision {
                 outcome: Outcome::Denied(why),
                 changes: Changes::default(),
@@ -206,7 +212,11 @@ impl Allocator {
                 options: &self.options,
                 me: &me,
             };
-            engine::decide(req.svc, req.old, &view)
+            let pools = Pools {
+                set: &pools,
+                namespace_labels: namespace_labels.as_deref(),
+            };
+            engine::decide_with(req.svc, req.old, &view, &pools)
         };
         let Some(prepared) = prepared else {
             return decision;
@@ -416,8 +426,11 @@ impl Allocator {
         self.lock().index.malformed_count()
     }
 
-    /// Per pool and family: size and used, for metrics and `plan`.
+    /// Per pool and family: size and used, for metrics and `plan`. ConfigMap pools, then pool
+    /// objects in the order they are tried (`vippool/<name>`).
     pub fn pool_stats(&self) -> Vec<PoolStat> {
+        let objects = self.pools();
+        let usage = self.object_usage(&objects);
         let inner = self.lock();
         let mut out = Vec::new();
         for pool in inner.config.pools() {
@@ -431,6 +444,18 @@ impl Allocator {
                         family: family.as_str(),
                         size: set.capacity(),
                         used: inner.index.addrs().count_in(&set),
+                    });
+                }
+            }
+        }
+        for (pool, usage) in objects.iter().zip(usage) {
+            for (family, counts) in [(Family::V4, usage.v4), (Family::V6, usage.v6)] {
+                if let Some((size, used)) = counts {
+                    out.push(PoolStat {
+                        pool: pool.key().to_string(),
+                        family: family.as_str(),
+                        size,
+                        used,
                     });
                 }
             }

@@ -73,7 +73,7 @@ pub fn report(
     now: SystemTime,
 ) -> Report {
     let config = snapshot.config_data.as_ref().map(Config::from_data);
-    let config_errors = config
+    let mut config_errors: Vec<String> = config
         .as_ref()
         .map(|c| c.errors().iter().map(ToString::to_string).collect())
         .unwrap_or_default();
@@ -84,8 +84,10 @@ pub fn report(
     let allocator =
         Allocator::new(options.clone(), Confirm::OnAdmit, configmap).with_network(&network);
     allocator.set_config(config);
+    allocator.load_objects(&snapshot.objects);
     allocator.reset_services(&snapshot.services);
 
+    config_errors.extend(crate::pools::PoolObjects::errors(&allocator.pools()));
     let mut waiting = Vec::new();
     let mut conflicts = BTreeSet::new();
     let decided_at = Instant::now();
@@ -98,7 +100,7 @@ pub fn report(
                 services: pair,
             });
         }
-        if !options.needs_allocation(svc) {
+        if !allocator.needs_allocation(svc) {
             continue;
         }
         // What it would get now, holding nothing (each Service on its own).

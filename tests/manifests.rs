@@ -26,6 +26,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::de::DeserializeOwned;
@@ -305,6 +306,9 @@ enum Obj {
     Node,
     ServiceMonitor(Box<ServiceMonitor>),
     PrometheusRule(Box<PrometheusRule>),
+    Crd(Box<CustomResourceDefinition>),
+    /// An example VIPPool (parsed without errors).
+    Pool,
 }
 
 /// Reads into `T` and back; any field `T` does not know (or re-types) is reported.
@@ -399,6 +403,20 @@ fn typed(doc: &Doc) -> Result<Obj, String> {
         }
         ("monitoring.coreos.com/v1", "ServiceMonitor") => Obj::ServiceMonitor(round_trip(v)?),
         ("monitoring.coreos.com/v1", "PrometheusRule") => Obj::PrometheusRule(round_trip(v)?),
+        ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => Obj::Crd(round_trip(v)?),
+        ("lb.kube-vip.io/v1alpha1", "VIPPool") => {
+            // The type writes the defaulted avoidBuggyIPs back: make it explicit before comparing.
+            let mut v = v.clone();
+            if v["spec"].get("avoidBuggyIPs").is_none() {
+                v["spec"]["avoidBuggyIPs"] = Value::Bool(true);
+            }
+            let pool: kube_vip_webhook::pools::VIPPool = round_trip(&v)?;
+            let parsed = kube_vip_webhook::pools::parse_object(&pool);
+            if !parsed.errors.is_empty() {
+                return Err(format!("VIPPool errors: {:?}", parsed.errors));
+            }
+            Obj::Pool
+        }
         _ => return Err(format!("unexpected apiVersion/kind {api_version}/{kind}")),
     };
     Ok(obj)
@@ -504,6 +522,7 @@ impl Route {
     pick!(service_monitors, ServiceMonitor, ServiceMonitor);
     pick!(prometheus_rules, PrometheusRule, PrometheusRule);
     pick!(config_maps, ConfigMap, ConfigMap);
+    pick!(crds, Crd, CustomResourceDefinition);
 }
 
 fn only<'a, T>(what: &str, items: Vec<&'a T>, problems: &mut Vec<String>) -> Option<&'a T> {
@@ -1499,8 +1518,24 @@ fn check_lease(r: &Route) -> Vec<String> {
     p
 }
 
+/// The one CRD, the VIPPool, exactly as the type generates it (its RBAC is in the API table).
+fn check_crd(r: &Route) -> Vec<String> {
+    let mut p = Vec::new();
+    if let Some(crd) = only("CustomResourceDefinition", r.crds(), &mut p) {
+        use kube::CustomResourceExt;
+        let want = kube_vip_webhook::pools::VIPPool::crd();
+        if serde_json::to_value(crd).ok() != serde_json::to_value(&want).ok() {
+            p.push(
+                "the VIPPool CRD differs from the type (UPDATE_CRD=1 cargo test --test crd)".into(),
+            );
+        }
+    }
+    p
+}
+
 fn check_route(r: &Route) -> Vec<String> {
     let mut p = check_workload(r);
+    p.extend(check_crd(r));
     p.extend(check_lease(r));
     p.extend(check_webhook(r));
     p.extend(check_rbac_refs(r));

@@ -208,3 +208,64 @@ fn nodes_the_api_endpoint_and_exclusions_are_never_handed_out() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `--pools`: VIPPool objects from a file come before the ConfigMap, as in the cluster.
+#[test]
+fn pool_objects_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let requests = dir.path().join("requests.yaml");
+    std::fs::write(
+        &requests,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: shop, namespace: prod, labels: {tier: web}}\n\
+         spec: {type: LoadBalancer, ports: [{port: 80}]}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: gold, namespace: default}\n\
+         spec: {type: LoadBalancer, loadBalancerClass: example.com/gold, ports: [{port: 80}]}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: other, namespace: default}\n\
+         spec: {type: LoadBalancer, ports: [{port: 80}]}\n",
+    )
+    .unwrap();
+    let out = plan(&[
+        "--configmap",
+        CM,
+        "--pools",
+        "manifest/examples/vippools.yaml",
+        "--request",
+        requests.to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let results = v["results"].as_array().unwrap();
+    let ips = |n: &str| results.iter().find(|r| r["name"] == n).unwrap()["ips"].clone();
+    // Files carry no namespace labels: `prod` is not known to be env=prod, so web-prod does not
+    // select it; the ConfigMap does (its global range).
+    assert_eq!(ips("gold"), serde_json::json!(["192.168.60.10"]));
+    let gold = results.iter().find(|r| r["name"] == "gold").unwrap();
+    assert_eq!(gold["annotations"]["kube-vip.io/serviceInterface"], "eth1");
+    assert_ne!(ips("other"), serde_json::json!([]));
+    let keys: Vec<&str> = v["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["key"].as_str().unwrap())
+        .collect();
+    assert!(
+        keys.contains(&"vippool/gold") && keys.contains(&"vippool/web-prod"),
+        "{keys:?}"
+    );
+    // A broken pools file is an error naming the object.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "kind: VIPPool\nmetadata: {name: x}\nspec: {addresses: 7}\n",
+    )
+    .unwrap();
+    let out = plan(&["--configmap", CM, "--pools", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("kind VIPPool"));
+}

@@ -29,9 +29,10 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::ObjectMeta;
 use kube_vip_webhook::cli::ServeArgs;
 use kube_vip_webhook::cli::{Cli, Command};
+use kube_vip_webhook::pools::VIPPool;
 use kube_vip_webhook::serve::Stop;
 use serde_json::json;
-use support::fake_apiserver::{FakeApiServer, Matcher, RequestRecord};
+use support::fake_apiserver::{FakeApiServer, Matcher, RequestRecord, ResourceDef};
 use wait::eventually;
 
 use api_calls::{ApiCall, At, CONFIG_MAP, NAME, NAMESPACE, SELF_SIGNED_SECRET, calls_for};
@@ -370,6 +371,10 @@ fn ca_bundle(fake: &FakeApiServer) -> Option<Vec<u8>> {
 /// One replica's whole life through every path that reaches the API, ending in a clean shutdown.
 async fn exercise(fake: &FakeApiServer, args: &ServeArgs) {
     provider();
+    fake.register_resource(
+        ResourceDef::new("lb.kube-vip.io", "v1alpha1", "vippools", "VIPPool", false)
+            .with_status(None),
+    );
     // The address of the only pool is taken; the pools appear only later.
     fake.insert(&lb("apps", "holder", Some("10.0.0.1")))
         .unwrap();
@@ -446,6 +451,22 @@ async fn exercise(fake: &FakeApiServer, args: &ServeArgs) {
         events(fake, "apps", "IPAllocated").pop()
     })
     .await;
+
+    // A VIPPool appears (selecting no Service here): the leader writes its status.
+    let pool = VIPPool::new(
+        "rbac",
+        serde_json::from_value(json!({
+            "addresses": ["10.1.0.0/30"],
+            "serviceSelector": {"matchLabels": {"never": "matches"}}
+        }))
+        .unwrap(),
+    );
+    fake.insert(&pool).unwrap();
+    let status = eventually("VIPPool status written", || async {
+        fake.get::<VIPPool>(None, "rbac")?.status
+    })
+    .await;
+    assert_eq!(status.ipv4.map(|u| u.free), Some(3), "{status:?}");
 
     // The lease is renewed (an update of the Lease we hold).
     eventually("lease renewed", || async {

@@ -69,6 +69,16 @@ impl Server {
         services: Option<&str>,
         tls: Option<(&Path, &Path, &str)>,
     ) -> Server {
+        Server::start_with_pools(configmap, services, None, tls).await
+    }
+
+    /// [`start_with`](Self::start_with) plus `--pools` content (VIPPool objects).
+    async fn start_with_pools(
+        configmap: &str,
+        services: Option<&str>,
+        pools: Option<&str>,
+        tls: Option<(&Path, &Path, &str)>,
+    ) -> Server {
         tls_support::install_provider();
         let dir = tempfile::tempdir().unwrap();
         let cm = dir.path().join("configmap.yaml");
@@ -92,6 +102,11 @@ impl Server {
             let path = dir.path().join("services.yaml");
             std::fs::write(&path, services).unwrap();
             argv.extend(["--services".to_string(), path.to_str().unwrap().to_string()]);
+        }
+        if let Some(pools) = pools {
+            let path = dir.path().join("pools.yaml");
+            std::fs::write(&path, pools).unwrap();
+            argv.extend(["--pools".to_string(), path.to_str().unwrap().to_string()]);
         }
         match tls {
             Some((cert, key, _)) => argv.extend([
@@ -726,6 +741,39 @@ async fn exhausted_or_missing_pool_admits_with_a_warning() {
             .iter()
             .any(|w| w.contains("no address pool") && w.contains("nowhere")),
         "{warnings:?}"
+    );
+    server.stop().await;
+}
+
+/// `--standalone --pools`: VIPPool objects from a file, tried before the ConfigMap's pools.
+#[tokio::test]
+async fn standalone_pool_objects_come_before_the_configmap() {
+    let pools = r#"apiVersion: lb.kube-vip.io/v1alpha1
+kind: VIPPool
+metadata: {name: web}
+spec:
+  addresses: [10.7.0.0/29]
+  exclude: [10.7.0.1]
+  serviceSelector: {matchLabels: {tier: web}}
+"#;
+    let server = Server::start_with_pools(CONFIGMAP, None, Some(pools), None).await;
+    let web = with(
+        service("default", "web", &[(80, "TCP")]),
+        "/metadata/labels",
+        json!({"tier": "web"}),
+    );
+    let (_, ip) = server.create(web).await;
+    assert_eq!(
+        ip,
+        "10.7.0.2".parse::<IpAddr>().unwrap(),
+        "first address after the exclusion"
+    );
+    let (_, ip) = server
+        .create(service("default", "plain", &[(80, "TCP")]))
+        .await;
+    assert!(
+        net("10.0.0.0/28").contains(&ip),
+        "{ip}: the ConfigMap's pool"
     );
     server.stop().await;
 }

@@ -48,6 +48,10 @@ pub struct PlanArgs {
     /// that has no address yet (what the reconciler would do). Repeatable.
     #[arg(long)]
     pub request: Vec<PathBuf>,
+    /// VIPPool objects (YAML or JSON, e.g. `kubectl get vippools -o yaml`), tried before the
+    /// ConfigMap's pools as in the cluster. Repeatable. (--live reads them from the cluster.)
+    #[arg(long, conflicts_with_all = ["live", "kubeconfig"])]
+    pub pools: Vec<PathBuf>,
     #[command(flatten)]
     pub allocation: AllocationArgs,
     #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
@@ -131,6 +135,7 @@ pub async fn run_plan(args: PlanArgs) -> anyhow::Result<()> {
                 sources: snapshot.network,
                 exclude: args.allocation.exclusion()?,
             },
+            &snapshot.objects,
         )
     } else {
         let configmap = args
@@ -140,6 +145,7 @@ pub async fn run_plan(args: PlanArgs) -> anyhow::Result<()> {
             configmap,
             services: args.services,
             requests: args.request,
+            pools: args.pools,
             options: args.allocation.options(Family::V4),
             nodes: args.nodes,
             exclude: args.allocation.exclusion()?,

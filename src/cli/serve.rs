@@ -77,6 +77,10 @@ pub struct ServeArgs {
     /// With --standalone: existing Services (their addresses count as used). Repeatable.
     #[arg(long, requires = "standalone")]
     pub services: Vec<PathBuf>,
+    /// With --standalone: VIPPool objects (YAML or JSON), tried before the ConfigMap's pools.
+    /// Repeatable.
+    #[arg(long, requires = "standalone")]
+    pub pools: Vec<PathBuf>,
     /// With --standalone and no TLS files: where the generated certificate goes (created 0700
     /// if missing; refused if a symlink or writable by others). Default: a new private
     /// directory under the system temp dir.
@@ -196,6 +200,7 @@ impl ServeArgs {
         Ok(Standalone {
             configmap,
             services: self.services.clone(),
+            pools: self.pools.clone(),
             tls_files: self.tls_cert_file.clone().zip(self.tls_key_file.clone()),
             cert_dir: self.cert_dir.clone(),
         })

@@ -12,7 +12,7 @@ use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::watches::parse_config;
@@ -54,6 +54,8 @@ pub struct Context {
     last_failure: Mutex<HashMap<ObjectRef<Service>, String>>,
     /// Addresses the network already uses: sync state and what was reported (`infra_state.rs`).
     pub(super) infra: super::infra_state::Infra,
+    /// Bumped when the Service watch must start over (the classes pool objects claim changed).
+    relist: watch::Sender<u64>,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -90,7 +92,18 @@ impl Context {
             listing: Mutex::default(),
             last_failure: Mutex::default(),
             infra: super::infra_state::Infra::default(),
+            relist: watch::Sender::new(0),
         }
+    }
+
+    /// Start the Service watch over (a fresh list): which Services are ours changed.
+    pub fn relist_services(&self) {
+        self.relist.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes each time [`Context::relist_services`] is called.
+    pub fn relists(&self) -> watch::Receiver<u64> {
+        self.relist.subscribe()
     }
 
     /// The wake-up channel's receiving end (taken once, by the reconciler).
@@ -299,6 +312,8 @@ pub struct Synced {
     /// Nodes, the kubernetes EndpointSlices and cluster-info read once (`infra.rs`): never
     /// ready (so never allocating) before every address the network uses is known.
     infra: Arc<AtomicBool>,
+    pools: Arc<AtomicBool>,
+    namespaces: Arc<AtomicBool>,
     readiness: Readiness,
     leadership: Leadership,
     stopping: CancellationToken,
@@ -310,6 +325,8 @@ impl Synced {
             services: Arc::default(),
             config: Arc::default(),
             infra: Arc::default(),
+            pools: Arc::default(),
+            namespaces: Arc::default(),
             readiness,
             leadership,
             stopping,
@@ -331,10 +348,27 @@ impl Synced {
         self.update();
     }
 
+    /// Pool objects listed (or known to be absent).
+    pub fn pools_synced(&self) {
+        self.pools.store(true, Ordering::SeqCst);
+        self.update();
+    }
+
+    pub fn namespaces_synced(&self) {
+        self.namespaces.store(true, Ordering::SeqCst);
+        self.update();
+    }
+
     fn update(&self) {
-        let ready = [&self.services, &self.config, &self.infra]
-            .iter()
-            .all(|f| f.load(Ordering::SeqCst));
+        let ready = [
+            &self.services,
+            &self.config,
+            &self.infra,
+            &self.pools,
+            &self.namespaces,
+        ]
+        .iter()
+        .all(|f| f.load(Ordering::SeqCst));
         if !ready {
             return;
         }

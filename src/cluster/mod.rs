@@ -11,6 +11,7 @@ pub mod context;
 pub mod infra;
 mod infra_state;
 mod lease;
+pub mod pools;
 pub mod reconciler;
 mod watches;
 
@@ -207,6 +208,23 @@ pub async fn start_with_client(
         stop.clone(),
     ));
     running.spawn(infra::run(ctx.clone(), synced.clone(), stop.clone()));
+    let pool_objects = Arc::new(pools::PoolObjects::default());
+    running.spawn(pools::pool_watch(
+        ctx.clone(),
+        pool_objects.clone(),
+        synced.clone(),
+        stop.clone(),
+    ));
+    running.spawn(pools::namespace_watch(
+        ctx.clone(),
+        synced.clone(),
+        stop.clone(),
+    ));
+    running.spawn(pools::status_writer(
+        ctx.clone(),
+        pool_objects,
+        stop.clone(),
+    ));
     running.spawn(reconciler::run(ctx, synced, stop.shutdown.clone()));
     let (alloc, token) = (allocator, stop.shutdown);
     running.spawn(async move {

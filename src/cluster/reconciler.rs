@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::context::{Context, MANAGER, Synced, lock, truncated};
 use super::watches::service_stream;
-use crate::engine::{Changes, Options, Outcome};
+use crate::engine::{Changes, Outcome};
 use crate::service::SvcInfo;
 use crate::state::Request;
 
@@ -87,8 +87,10 @@ pub async fn run(
     let (reader, writer) = reflector::store();
     let (waiting, metrics) = (reader.clone(), ctx.metrics.clone());
     let index_ctx = ctx.clone();
-    let options = ctx.allocator.options().clone();
-    let stream = service_stream(ctx.client.clone())
+    let allocator = ctx.allocator.clone();
+    let client = ctx.client.clone();
+    // Started over when the Services that are ours change (a pool object names a new class).
+    let stream = super::pools::restarting(ctx.relists(), move || service_stream(client.clone()))
         // Every event feeds the used-address index first.
         .inspect_ok(move |ev| {
             index_ctx.index_event(ev, &synced);
@@ -96,7 +98,9 @@ pub async fn run(
         })
         // The controller's store keeps only Services that still need an address: a cache of
         // every Service would be most of our memory at 100k Services, and nothing else reads it.
-        .try_filter_map(move |ev| std::future::ready(Ok(pending_only(ev, &options))))
+        .try_filter_map(move |ev| {
+            std::future::ready(Ok(pending_only(ev, &|s| allocator.needs_allocation(s))))
+        })
         .reflect(writer)
         // The store holds exactly the Services still waiting for an address (on every replica).
         .inspect_ok(move |_| metrics.set_services_waiting(waiting.len()))
@@ -130,8 +134,11 @@ pub async fn run(
 /// The event as the reconciler's store sees it: a Service that does not need an address (has
 /// one, or is not ours) leaves the store (a delete of an absent object is a no-op) and is never
 /// reconciled; during a (re)list it is simply not listed.
-fn pending_only(ev: watcher::Event<Service>, options: &Options) -> Option<watcher::Event<Service>> {
-    let needs = |svc: &Service| options.needs_allocation(&SvcInfo::from_service(svc));
+fn pending_only(
+    ev: watcher::Event<Service>,
+    needs_allocation: &dyn Fn(&SvcInfo) -> bool,
+) -> Option<watcher::Event<Service>> {
+    let needs = |svc: &Service| needs_allocation(&SvcInfo::from_service(svc));
     match ev {
         watcher::Event::InitApply(svc) if !needs(&svc) => None,
         watcher::Event::Apply(svc) if !needs(&svc) => Some(watcher::Event::Delete(svc)),
@@ -147,7 +154,7 @@ async fn reconcile(svc: Arc<Service>, r: Arc<Reconciler>) -> Result<Action, Reco
         return Ok(Action::await_change());
     }
     let info = SvcInfo::from_service(&svc);
-    if !ctx.allocator.options().needs_allocation(&info) {
+    if !ctx.allocator.needs_allocation(&info) {
         ctx.set_waiting(&obj, false);
         r.failures.clear(&obj);
         return Ok(Action::await_change());

@@ -15,7 +15,7 @@
 //! * A key whose suffix cannot be a namespace name (`cidr-Web`) is kept but reported: it never applies.
 
 mod exclude;
-mod parse;
+pub(crate) mod parse;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -13,7 +13,7 @@ pub(super) fn entries(value: &str) -> impl Iterator<Item = &str> {
 }
 
 /// Parses one CIDR entry (`10.0.0.210/29`); host bits are masked (`10.0.0.208/29`).
-pub(super) fn cidr(entry: &str) -> Result<IpNet, String> {
+pub(crate) fn cidr(entry: &str) -> Result<IpNet, String> {
     let Some((addr, len)) = entry.split_once('/') else {
         let hint = if entry.contains('-') {
             " (a range cannot be mixed into a list that contains '/')"
@@ -45,7 +45,7 @@ pub(super) fn cidr(entry: &str) -> Result<IpNet, String> {
 
 /// Parses one range entry `start-end` (inclusive). Both ends must be of the same family and
 /// `start <= end`. IPv6 addresses never contain `-`, so the single `-` is the separator.
-pub(super) fn range(entry: &str) -> Result<(IpAddr, IpAddr), String> {
+pub(crate) fn range(entry: &str) -> Result<(IpAddr, IpAddr), String> {
     let Some((start, end)) = entry.split_once('-') else {
         return Err(
             "not a range: expected start-end (a value without '/' is a range list; \
@@ -76,7 +76,7 @@ fn family_name(ip: IpAddr) -> &'static str {
 }
 
 /// Parses an address, with a reason that tells which family the operator probably meant.
-fn ip(text: &str) -> Result<IpAddr, String> {
+pub(crate) fn ip(text: &str) -> Result<IpAddr, String> {
     if let Ok(ip) = text.parse::<IpAddr>() {
         return Ok(ip);
     }
@@ -127,7 +127,7 @@ pub(super) fn descending(value: &str) -> Result<bool, String> {
 
 /// Interface name, trimmed; `Ok(None)` when empty. Rejects what Linux can never name a link
 /// (`dev_valid_name`): kube-vip would fail on it for every Service.
-pub(super) fn interface(value: &str) -> Result<Option<&str>, String> {
+pub(crate) fn interface(value: &str) -> Result<Option<&str>, String> {
     let v = value.trim();
     if v.is_empty() {
         return Ok(None);

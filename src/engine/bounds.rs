@@ -26,6 +26,11 @@ pub fn check_bounds(svc: &SvcInfo, options: &Options) -> Option<String> {
     if !options.handles(svc) {
         return None;
     }
+    limits(svc)
+}
+
+/// [`check_bounds`] for a Service the webhook handles (whichever rule made it ours).
+pub(super) fn limits(svc: &SvcInfo) -> Option<String> {
     if svc.namespace.len() > MAX_NAMESPACE_LEN {
         return Some(format!(
             "namespace name is {} characters long; at most {MAX_NAMESPACE_LEN} are valid",

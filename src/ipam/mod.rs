@@ -129,6 +129,59 @@ pub fn next_free(pool: &AddressSet, used: &UsedAddrs, order: SearchOrder) -> Opt
     found.map(|v| from_u128(family, v))
 }
 
+/// [`next_free`] for a pool that also hands out IPv4 `.0`/`.255` addresses (a pool object with
+/// `avoidBuggyIPs: false`). The runs of `used` jump over those addresses as if taken, so the ones
+/// before the first free ordinary address are looked at one by one: every one passed is a used
+/// address, so the cost is O((u + 1) log n) for the u used `.0`/`.255` addresses passed.
+pub fn next_free_any(pool: &AddressSet, used: &UsedAddrs, order: SearchOrder) -> Option<IpAddr> {
+    let family = pool.family();
+    if family == Family::V6 {
+        return next_free(pool, used, order);
+    }
+    let free_filtered =
+        |v: u128| is_filtered_value(family, v) && !used.contains(from_u128(family, v));
+    let found = match order {
+        SearchOrder::Ascending => pool.raw_intervals().iter().find_map(|&(s, e)| {
+            let ordinary = next_free_up(family, used, s, e);
+            let filtered = filtered_values_up(s, ordinary.unwrap_or(e)).find(|&v| free_filtered(v));
+            filtered.or(ordinary)
+        }),
+        SearchOrder::Descending => pool.raw_intervals().iter().rev().find_map(|&(s, e)| {
+            let ordinary = next_free_down(family, used, s, e);
+            let filtered =
+                filtered_values_down(ordinary.unwrap_or(s), e).find(|&v| free_filtered(v));
+            filtered.or(ordinary)
+        }),
+    };
+    found.map(|v| from_u128(family, v))
+}
+
+/// The IPv4 `.0`/`.255` values in `[s, e]`, ascending.
+fn filtered_values_up(s: u128, e: u128) -> impl Iterator<Item = u128> {
+    let base = s & !0xff;
+    (0u128..)
+        .map(move |k| base + (k / 2) * 256 + if k % 2 == 0 { 0 } else { 0xff })
+        .skip_while(move |&v| v < s)
+        .take_while(move |&v| v <= e)
+}
+
+/// The IPv4 `.0`/`.255` values in `[s, e]`, descending.
+fn filtered_values_down(s: u128, e: u128) -> impl Iterator<Item = u128> {
+    let base = e | 0xff;
+    (0u128..)
+        .map_while(move |k| {
+            let block = (k / 2) * 256;
+            let top = base.checked_sub(block)?;
+            if k % 2 == 0 {
+                Some(top)
+            } else {
+                top.checked_sub(0xff)
+            }
+        })
+        .skip_while(move |&v| v > e)
+        .take_while(move |&v| v >= s)
+}
+
 /// Lowest free, allocatable address in `[s, e]`.
 fn next_free_up(family: Family, used: &UsedAddrs, s: u128, e: u128) -> Option<u128> {
     let mut c = s;

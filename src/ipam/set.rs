@@ -112,6 +112,14 @@ impl AddressSet {
         })
     }
 
+    /// Number of addresses, IPv4 `.0`/`.255` included (for pools that hand them out).
+    /// Saturates at `u128::MAX`.
+    pub fn size(&self) -> u128 {
+        self.intervals.iter().fold(0u128, |acc, &(s, e)| {
+            acc.saturating_add((e - s).saturating_add(1))
+        })
+    }
+
     /// The intervals as inclusive address pairs, ascending.
     pub fn intervals(&self) -> impl Iterator<Item = (IpAddr, IpAddr)> + '_ {
         self.intervals

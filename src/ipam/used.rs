@@ -86,6 +86,15 @@ impl UsedAddrs {
             .sum()
     }
 
+    /// Used addresses inside `pool`, IPv4 `.0`/`.255` included. O(k + log n).
+    pub fn count_all_in(&self, pool: &AddressSet) -> u128 {
+        let exact = &self.family(pool.family()).exact;
+        pool.raw_intervals()
+            .iter()
+            .map(|&(s, e)| exact.range(s..=e).count() as u128)
+            .sum()
+    }
+
     /// Used addresses inside `pool` that are allocatable, in search order; lazy.
     pub fn iter_in<'a>(
         &'a self,

@@ -10,6 +10,7 @@ use super::{Allocator, Inner};
 use crate::config::{Config, Exclusion, FamilyPool, GLOBAL};
 use crate::index::{Holder, HolderId, UsedIndex};
 use crate::ipam::Family;
+use crate::pools::PoolSet;
 use crate::reserved::{Holding, InPool, Network, ReservedAddress, Source, SourceKind};
 use crate::service::ServiceKey;
 
@@ -101,7 +102,7 @@ impl Allocator {
     pub fn reserved_addresses(&self) -> Vec<ReservedAddress> {
         let (config, holdings) = self.reserved_snapshot();
         let mut pools: BTreeMap<(IpAddr, String), Vec<String>> = BTreeMap::new();
-        for p in in_pools(&config, &holdings) {
+        for p in in_pools(&config, &self.pools(), &holdings) {
             pools.entry((p.address, p.owner)).or_default().push(p.pool);
         }
         let mut out: Vec<ReservedAddress> = holdings
@@ -125,7 +126,7 @@ impl Allocator {
     /// ConfigMap gets a Warning, the metric names them. Sorted by pool, then address.
     pub fn reserved_in_pools(&self) -> Vec<InPool> {
         let (config, holdings) = self.reserved_snapshot();
-        in_pools(&config, &holdings)
+        in_pools(&config, &self.pools(), &holdings)
     }
 
     /// The configuration and every holding, copied out: matching them against pools (pools x
@@ -232,13 +233,16 @@ pub(super) fn pool_namespace(key: &str) -> &str {
     key.split_once('-').map_or(GLOBAL, |(_, ns)| ns)
 }
 
-fn in_pools(config: &Config, holdings: &[Holding]) -> Vec<InPool> {
+/// Reserved addresses inside the ConfigMap's pools and the pool objects (whose Services see the
+/// global exclusions: a VIPPool is not a namespace's).
+fn in_pools(config: &Config, objects: &PoolSet, holdings: &[Holding]) -> Vec<InPool> {
     let mut out = Vec::new();
     if holdings.is_empty() {
         return out;
     }
-    for pool in config.pools() {
-        let ns = pool_namespace(&pool.key);
+    let config_pools = config.pools().map(|p| (p, pool_namespace(&p.key)));
+    let object_pools = objects.iter().map(|o| (&o.pool, GLOBAL));
+    for (pool, ns) in config_pools.chain(object_pools) {
         for family in [Family::V4, Family::V6] {
             let Some(FamilyPool::Set(set)) = pool.family(family) else {
                 continue;

@@ -86,10 +86,11 @@ pub fn strip_review(review: &mut J) {
     });
 }
 
-const ANNOTATIONS: [&str; 3] = [
+const ANNOTATIONS: [&str; 4] = [
     "kube-vip.io/loadbalancerIPs",
     "kube-vip.io/requestedIP",
     "kube-vip.io/serviceInterface",
+    "lb.kube-vip.io/pool",
 ];
 
 /// A Service with only the fields the lean decode keeps.
@@ -114,10 +115,11 @@ pub fn strip_service(svc: &mut J) {
                     "annotations",
                     "labels",
                 ],
-                |k, v| match k {
-                    "annotations" => v.keep(&ANNOTATIONS, |_, _| {}),
-                    "labels" => v.keep(&["implementation"], |_, _| {}),
-                    _ => {}
+                // Every label is kept: pool objects select Services by any of them.
+                |k, v| {
+                    if k == "annotations" {
+                        v.keep(&ANNOTATIONS, |_, _| {});
+                    }
                 },
             ),
             "spec" => v.keep(

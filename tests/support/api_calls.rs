@@ -211,6 +211,42 @@ pub const API_CALLS: &[ApiCall] = &[
         At::ClusterScoped,
         Some(NAME),
     ),
+    // VIPPools (cluster-scoped, issue 13): the pool watch on every replica, and the status the
+    // allocating replica writes (merge patch on the status subresource).
+    call(
+        For::Both,
+        "lb.kube-vip.io",
+        "vippools",
+        "list",
+        At::ClusterScoped,
+        None,
+    ),
+    call(
+        For::Both,
+        "lb.kube-vip.io",
+        "vippools",
+        "watch",
+        At::ClusterScoped,
+        None,
+    ),
+    call(
+        For::Both,
+        "lb.kube-vip.io",
+        "vippools/status",
+        "patch",
+        At::ClusterScoped,
+        None,
+    ),
+    // Namespace labels (metadata only) for VIPPool namespace selectors.
+    call(For::Both, "", "namespaces", "list", At::ClusterScoped, None),
+    call(
+        For::Both,
+        "",
+        "namespaces",
+        "watch",
+        At::ClusterScoped,
+        None,
+    ),
 ];
 
 pub fn calls_for(route: &str) -> Vec<ApiCall> {

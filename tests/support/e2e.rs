@@ -275,3 +275,26 @@ pub async fn cli_json(args: Vec<String>) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).expect("JSON on stdout")
 }
+
+/// Install the VIPPool CRD as `manifest/base/crd.yaml` ships it (once per control plane: an
+/// existing one is kept) and wait until the apiserver serves it.
+pub async fn install_pool_crd(client: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let text = std::fs::read_to_string(repo().join("manifest/base/crd.yaml")).expect("read CRD");
+    let crd: CustomResourceDefinition = serde_yaml_ng::from_str(&text).expect("CRD manifest");
+    let api = Api::<CustomResourceDefinition>::all(client.clone());
+    match api.create(&PostParams::default(), &crd).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("create the VIPPool CRD: {e}"),
+    }
+    let pools = Api::<kube_vip_webhook::pools::VIPPool>::all(client.clone());
+    eventually("the VIPPool CRD to be served", || async {
+        pools
+            .list(&kube::api::ListParams::default().limit(1))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+}
