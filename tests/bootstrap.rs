@@ -45,6 +45,7 @@ fn config() -> BootstrapConfig {
         validity: DEFAULT_VALIDITY,
         check_interval: Duration::from_secs(3600),
         retry_interval: Duration::from_millis(20),
+        call_timeout: Duration::from_secs(5),
     }
 }
 
@@ -461,4 +462,26 @@ async fn api_failures_name_the_object_and_the_missing_permission() {
         "{err}"
     );
     shutdown.cancel();
+}
+
+#[tokio::test]
+async fn an_apiserver_that_never_answers_fails_the_start_instead_of_hanging_it() {
+    let fake = FakeApiServer::new();
+    let (client, partition) = fake.partitionable_client();
+    partition.cut();
+    let cfg = BootstrapConfig {
+        call_timeout: Duration::from_millis(200),
+        ..config()
+    };
+    let started = bootstrap::ensure_with(&client, cfg, CancellationToken::new());
+    let err = tokio::time::timeout(PATIENCE, started)
+        .await
+        .expect("the start gave up on the call")
+        .err()
+        .expect("no answer is an error")
+        .to_string();
+    assert!(
+        err.contains("reading Secret kube-system/kube-vip-webhook-selfsigned"),
+        "{err}"
+    );
 }

@@ -90,9 +90,9 @@ async fn a_flood_of_maximal_reviews_stays_within_the_memory_bound() {
         "flood: {} x {} reviews of {} KiB ({} served, {} shed by timeouts); baseline RSS {} MiB, peak growth {} MiB (bound {} MiB); {during} legitimate admissions during the flood",
         FLOODERS,
         ROUNDS,
+        review.len() / 1024,
         served.load(Ordering::Relaxed),
         shed.load(Ordering::Relaxed),
-        review.len() / 1024,
         baseline / MIB,
         growth / MIB,
         bound / MIB

@@ -11,7 +11,9 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 
-use super::{BootstrapError, api_code};
+use std::time::Duration;
+
+use super::{BootstrapError, api_code, within};
 
 const MAX_ATTEMPTS: usize = 5;
 
@@ -30,6 +32,7 @@ pub async fn ensure(
     api: &Api<MutatingWebhookConfiguration>,
     name: &str,
     bundle: &[u8],
+    call_timeout: Duration,
 ) -> Result<Outcome, BootstrapError> {
     let err = |action: &'static str| {
         move |source| BootstrapError::WebhookConfiguration {
@@ -40,7 +43,8 @@ pub async fn ensure(
     };
     let encoded = serde_json::to_value(ByteString(bundle.to_vec())).unwrap_or(Value::Null);
     for _ in 0..MAX_ATTEMPTS {
-        let Some(config) = api.get_opt(name).await.map_err(err("reading"))? else {
+        let read = within(call_timeout, api.get_opt(name)).await;
+        let Some(config) = read.map_err(err("reading"))? else {
             return Ok(Outcome::Missing);
         };
         let ops = patch_ops(&config, bundle, &encoded);
@@ -50,9 +54,12 @@ pub async fn ensure(
         let patched = ops.len() / 2;
         let patch: json_patch::Patch =
             serde_json::from_value(Value::Array(ops)).map_err(BootstrapError::Internal)?;
-        match api
-            .patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
-            .await
+        let params = PatchParams::default();
+        match within(
+            call_timeout,
+            api.patch(name, &params, &Patch::Json::<()>(patch)),
+        )
+        .await
         {
             Ok(_) => return Ok(Outcome::Patched(patched)),
             // A `test` failed (webhooks changed since we read them), or it was deleted: look again.

@@ -32,6 +32,10 @@ use material::Material;
 pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(15);
+/// Longest wait for one API call: kube's client has no read timeout, so an apiserver that takes
+/// the connection and never answers would hold startup (or the renewal task) forever. Far above
+/// a healthy answer, and below the default retry interval.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Never re-check sooner than this because of the certificates' dates (clock trouble).
 const MIN_WAIT: Duration = Duration::from_secs(1);
 
@@ -49,6 +53,8 @@ pub struct BootstrapConfig {
     pub check_interval: Duration,
     /// Re-check this soon after a failure or while the configuration is missing.
     pub retry_interval: Duration,
+    /// Give up on one API call after this long (it counts as a failed call).
+    pub call_timeout: Duration,
 }
 
 impl BootstrapConfig {
@@ -67,6 +73,7 @@ impl BootstrapConfig {
             validity: DEFAULT_VALIDITY,
             check_interval: DEFAULT_CHECK_INTERVAL,
             retry_interval: DEFAULT_RETRY_INTERVAL,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
         }
     }
 
@@ -137,6 +144,18 @@ fn hint(source: &kube::Error, needed: &str) -> String {
         Some(401 | 403) => format!(" (the ServiceAccount needs {needed}; check the RBAC rules)"),
         _ => String::new(),
     }
+}
+
+/// `call`, or an error saying it had no answer within `limit`.
+async fn within<T>(
+    limit: Duration,
+    call: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<T, kube::Error> {
+    tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+        Err(kube::Error::Service(
+            format!("no answer within {limit:?}").into(),
+        ))
+    })
 }
 
 pub(crate) fn api_code(e: &kube::Error) -> Option<u16> {
@@ -272,7 +291,7 @@ impl Keeper {
     async fn publish(&mut self) -> Result<Outcome, BootstrapError> {
         let bundle = self.current.ca_bundle(SystemTime::now());
         let name = &self.cfg.webhook_configuration;
-        let outcome = ca_bundle::ensure(&self.configs, name, &bundle).await;
+        let outcome = ca_bundle::ensure(&self.configs, name, &bundle, self.cfg.call_timeout).await;
         if let Ok(Outcome::Patched(webhooks)) = outcome {
             tracing::info!(configuration = %name, webhooks, "caBundle updated");
         }

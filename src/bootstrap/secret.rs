@@ -10,7 +10,7 @@ use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
 
 use super::material::{Material, Plan};
-use super::{BootstrapConfig, BootstrapError, api_code};
+use super::{BootstrapConfig, BootstrapError, api_code, within};
 
 /// Rounds of read-decide-write before giving up on a Secret that keeps changing under us.
 const MAX_ATTEMPTS: usize = 5;
@@ -31,16 +31,18 @@ pub async fn converge(
     };
     for _ in 0..MAX_ATTEMPTS {
         let now = SystemTime::now();
-        let Some(secret) = api
-            .get_opt(&cfg.secret_name)
+        let Some(secret) = within(cfg.call_timeout, api.get_opt(&cfg.secret_name))
             .await
             .map_err(err("reading"))?
         else {
             let material = Material::generate(&cfg.dns_names, cfg.validity, None, now)
                 .map_err(|e| cfg.tls_error(e))?;
-            match api
-                .create(&PostParams::default(), &new_secret(cfg, &material))
-                .await
+            let secret = new_secret(cfg, &material);
+            match within(
+                cfg.call_timeout,
+                api.create(&PostParams::default(), &secret),
+            )
+            .await
             {
                 Ok(_) => {
                     tracing::info!(secret = %cfg.secret_ref(), "created the self-signed CA and serving certificate");
@@ -64,10 +66,9 @@ pub async fn converge(
         let mut updated = secret;
         next.write_data(updated.data.get_or_insert_with(BTreeMap::new));
         // The type is immutable; a Secret someone created as Opaque stays Opaque.
-        match api
-            .replace(&cfg.secret_name, &PostParams::default(), &updated)
-            .await
-        {
+        let params = PostParams::default();
+        let replace = api.replace(&cfg.secret_name, &params, &updated);
+        match within(cfg.call_timeout, replace).await {
             Ok(_) => {
                 tracing::info!(secret = %cfg.secret_ref(), reason, ca_rotated, "renewed the self-signed certificate");
                 return Ok(next);
