@@ -474,12 +474,13 @@ async fn an_apiserver_that_never_answers_fails_the_start_instead_of_hanging_it()
         ..config()
     };
     let started = bootstrap::ensure_with(&client, cfg, CancellationToken::new());
-    let err = tokio::time::timeout(PATIENCE, started)
+    let Err(err) = tokio::time::timeout(PATIENCE, started)
         .await
         .expect("the start gave up on the call")
-        .err()
-        .expect("no answer is an error")
-        .to_string();
+    else {
+        panic!("started without an apiserver");
+    };
+    let err = err.to_string();
     assert!(
         err.contains("reading Secret kube-system/kube-vip-webhook-selfsigned"),
         "{err}"
