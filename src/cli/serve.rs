@@ -309,3 +309,53 @@ pub async fn start(args: &ServeArgs, stop: Stop) -> anyhow::Result<crate::serve:
         cluster::start(args.cluster_settings()?, stop).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::super::{Cli, Command};
+
+    fn settings(election: &[&str]) -> anyhow::Result<crate::cluster::Settings> {
+        let mut argv = vec![
+            "kube-vip-webhook",
+            "serve",
+            "--tls-cert-file",
+            "c",
+            "--tls-key-file",
+            "k",
+        ];
+        argv.extend_from_slice(election);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Serve(args) => args.cluster_settings(),
+            _ => unreachable!("parsed serve"),
+        }
+    }
+
+    /// Fencing needs retry < renew deadline < lease duration: a renew deadline at or past the
+    /// lease would let the old leader allocate after another replica took the Lease.
+    #[test]
+    fn election_timing_must_be_ordered() {
+        let timing = |lease: &str, renew: &str, retry: &str| {
+            settings(&[
+                "--lease-duration-seconds",
+                lease,
+                "--renew-deadline-seconds",
+                renew,
+                "--retry-period-seconds",
+                retry,
+            ])
+        };
+        assert!(timing("15", "10", "2").is_ok());
+        for (lease, renew, retry) in [("10", "10", "2"), ("15", "20", "2"), ("15", "10", "10")] {
+            let err = timing(lease, renew, retry).err().map(|e| e.to_string());
+            assert!(
+                err.as_deref()
+                    .is_some_and(|e| e.contains("--retry-period-seconds")),
+                "{lease}/{renew}/{retry}: {err:?}"
+            );
+        }
+        // Without election the timing is not used, so not checked.
+        assert!(settings(&["--leader-elect=false", "--renew-deadline-seconds", "20"]).is_ok());
+    }
+}
