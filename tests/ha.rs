@@ -252,3 +252,55 @@ async fn with_client_certificates_required_a_follower_still_forwards() {
     assert_eq!(a.allocator.reservations(), 1, "the leader decided");
     assert_eq!(b.allocator.reservations(), 0);
 }
+
+/// A follower whose idea of the leader is stale (its Lease watch lags) reads the Lease again when
+/// forwarding fails and sends the review to the leader it names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_forward_reads_the_lease_again_and_reaches_the_new_leader() {
+    use kube_vip_webhook::forward::{Forwarder, Refresh};
+    use kube_vip_webhook::leadership::Leadership;
+    use kube_vip_webhook::tls::CaSource;
+
+    let fake = cluster();
+    let certs = replica::certs();
+    let http = reviews::client(&certs.ca_pem);
+    let a = replica::start(fake.client(), &replica::args(&certs, "a", &[])).await;
+    eventually("a to allocate", || async {
+        allocates(&http, a.webhook_addr).await.then_some(())
+    })
+    .await;
+    // Nothing listens on this port once the listener is dropped: the stale leader is gone.
+    let stale = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let forwarder = |fresh: Option<String>| {
+        let leadership = Leadership::elected(None);
+        leadership.follow(Some(stale.to_string()));
+        let refresh: Refresh = std::sync::Arc::new(move || {
+            let fresh = fresh.clone();
+            Box::pin(async move { fresh })
+        });
+        Forwarder::new(
+            leadership,
+            CaSource::File(certs.dir.path().join("ca.crt")),
+            "kube-vip-webhook.kube-system.svc".into(),
+            Some(refresh),
+            None,
+        )
+    };
+    let review = serde_json::to_vec(&reviews::create("stale", "p", "stale", true)).expect("json");
+
+    let answer = forwarder(Some(a.webhook_addr.to_string()))
+        .forward(review.clone().into())
+        .await
+        .expect("forwarded to the leader the Lease names");
+    let answer: serde_json::Value = serde_json::from_slice(&answer).expect("review answer");
+    assert!(reviews::address(&answer).is_some(), "{answer}");
+
+    // The Lease names the same dead address: the failure is reported, not retried forever.
+    let err = forwarder(Some(stale.to_string()))
+        .forward(review.into())
+        .await
+        .expect_err("nobody to forward to");
+    assert!(err.to_string().contains(&stale.to_string()), "{err}");
+}
