@@ -17,7 +17,7 @@ mod wait;
 #[path = "support/webhook_proc.rs"]
 mod webhook_proc;
 
-use e2e::{E2e, annotation, eventually, install_pool_crd, lb};
+use e2e::{E2e, annotation, cli_json, cli_text, eventually, install_pool_crd, lb};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
@@ -458,4 +458,135 @@ async fn a_pool_naming_a_class_adopts_the_services_of_that_class() {
     })
     .await;
     assert!([t.ip(80), t.ip(81)].contains(&ip), "{ip}");
+}
+
+/// The `(size, used, free)` of pool `key`, family `family`, in a `status`/`plan` JSON report.
+fn usage(report: &Value, key: &str, family: &str) -> (u64, u64, u64) {
+    let row = report["pools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no pools: {report}"))
+        .iter()
+        .find(|p| p["key"] == key && p["family"] == family)
+        .unwrap_or_else(|| panic!("no {key} {family} row: {report}"));
+    let n = |f: &str| row[f].as_u64().unwrap_or_else(|| panic!("{f}: {row}"));
+    (n("size"), n("used"), n("free"))
+}
+
+/// Whether a POOL table holds the row `key family size used free`.
+fn has_row(table: &str, key: &str, family: &str, (size, used, free): (u64, u64, u64)) -> bool {
+    let want = [
+        key.to_string(),
+        family.to_string(),
+        size.to_string(),
+        used.to_string(),
+        free.to_string(),
+    ];
+    table
+        .lines()
+        .any(|l| l.split_whitespace().eq(want.iter().map(String::as_str)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_pool_answers_at_create_and_status_and_live_plan_show_vippool_rows() {
+    let Some(t) = E2e::new("pools-cli").await else {
+        return;
+    };
+    install_pool_crd(&t.client).await;
+    t.set_config(&[(&t.key("range"), &t.range(100, 101))]).await;
+    t.register().await;
+    let _wh = t.start_webhook("pools-cli-0", &[]).await;
+    t.wait_active().await;
+    let api = pools(&t);
+    // `main` takes every Service of the namespace; `named` only those that name it.
+    let main = pool(
+        &t,
+        "-main",
+        json!({"addresses": [t.range(10, 14), "fd00:c11::/126"], "exclude": [t.ip(14)]}),
+    );
+    let named = pool(
+        &t,
+        "-named",
+        json!({"addresses": [t.range(20, 22)], "priority": -5}),
+    );
+    for p in [&main, &named] {
+        api.create(&PostParams::default(), p)
+            .await
+            .expect("create pool");
+    }
+    let naming = with(
+        lb("naming", 80),
+        json!({"metadata": {"annotations": {"lb.kube-vip.io/pool": format!("{}-named", t.ns)}}}),
+    );
+    // The webhook's pool watch catches up.
+    eventually("the named pool to be used", || async {
+        (dry_run(&t, &naming).await? == t.ip(20)).then_some(())
+    })
+    .await;
+    let created = t
+        .services()
+        .create(&PostParams::default(), &naming)
+        .await
+        .expect("create");
+    assert_eq!(
+        annotation(&created),
+        Some(t.ip(20)),
+        "the named pool's address, in the CREATE response"
+    );
+    for (n, last) in [("a", 10), ("b", 11)] {
+        let s = t
+            .services()
+            .create(&PostParams::default(), &lb(n, 80))
+            .await
+            .expect("create");
+        assert_eq!(annotation(&s), Some(t.ip(last)), "{n}: the unnamed pool");
+    }
+
+    let (main_key, named_key) = (
+        format!("vippool/{}-main", t.ns),
+        format!("vippool/{}-named", t.ns),
+    );
+    // Sizes leave out spec.exclude; the IPv6 block is never filtered.
+    let want = [
+        (&main_key, "IPv4", (4, 2, 2)),
+        (&main_key, "IPv6", (4, 0, 4)),
+        (&named_key, "IPv4", (3, 1, 2)),
+    ];
+    let kubeconfig = t.cp.kubeconfig.clone();
+    let args = |cmd: &str, json: bool, with_file: bool| {
+        let mut args = vec![cmd.to_string()];
+        if with_file {
+            args.extend(["--kubeconfig".into(), kubeconfig.display().to_string()]);
+        } else {
+            args.push("--live".into());
+        }
+        args.extend(["--kubevip-namespace".into(), t.ns.clone()]);
+        if json {
+            args.extend(["-o".into(), "json".into()]);
+        }
+        args
+    };
+    let status = cli_json(args("status", true, true)).await;
+    let plan = cli_json(args("plan", true, true)).await;
+    let status_table = cli_text(args("status", false, true), None).await;
+    let live_table = cli_text(args("plan", false, false), Some(kubeconfig.clone())).await;
+    let live_json: Value =
+        serde_json::from_str(&cli_text(args("plan", true, false), Some(kubeconfig.clone())).await)
+            .expect("JSON on stdout");
+    for (key, family, counts) in want {
+        assert_eq!(usage(&status, key, family), counts, "status {key} {family}");
+        assert_eq!(usage(&plan, key, family), counts, "plan {key} {family}");
+        assert_eq!(
+            usage(&live_json, key, family),
+            counts,
+            "plan --live {key} {family}"
+        );
+        assert!(
+            has_row(&status_table, key, family, counts),
+            "status table, {key} {family} {counts:?}:\n{status_table}"
+        );
+        assert!(
+            has_row(&live_table, key, family, counts),
+            "plan --live table, {key} {family} {counts:?}:\n{live_table}"
+        );
+    }
 }

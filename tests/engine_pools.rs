@@ -2,103 +2,16 @@
 //! the webhook, the reconciler and `plan` call it): selectors, class, priority and its name
 //! tiebreak, a pool named by annotation, exclusions, drain, and the ConfigMap below them all.
 
+#[path = "support/pool_engine.rs"]
+mod pool_engine;
+
 use std::collections::BTreeMap;
-use std::net::IpAddr;
-use std::time::Instant;
 
-use kube_vip_webhook::config::Config;
-use kube_vip_webhook::engine::{ClassMode, Decision, Options, Outcome};
-use kube_vip_webhook::pools::{PoolSet, VIPPool, VIPPoolSpec};
-use kube_vip_webhook::service::SvcInfo;
-use kube_vip_webhook::state::{Allocator, Confirm, Request};
-use serde_json::{Value, json};
-
-fn config(pairs: &[(&str, &str)]) -> Config {
-    let data: BTreeMap<String, String> = pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    Config::from_data(&data)
-}
-
-/// A pool object from its spec as YAML/JSON would give it.
-fn pool(name: &str, spec: Value) -> VIPPool {
-    let spec: VIPPoolSpec = serde_json::from_value(spec).unwrap();
-    let mut p = VIPPool::new(name, spec);
-    p.metadata.generation = Some(1);
-    p
-}
-
-fn alloc(cm: &[(&str, &str)], pools: &[VIPPool]) -> Allocator {
-    alloc_with(cm, pools, Options::default())
-}
-
-fn alloc_with(cm: &[(&str, &str)], pools: &[VIPPool], options: Options) -> Allocator {
-    let a = Allocator::new(options, Confirm::OnAdmit, "kube-system/kubevip");
-    a.set_config(Some(config(cm)));
-    a.set_pools(PoolSet::from_objects(pools));
-    a
-}
-
-/// A LoadBalancer Service; `extra` is merged into the object (metadata/spec keys).
-fn svc(ns: &str, name: &str, extra: Value) -> SvcInfo {
-    let mut obj = json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"namespace": ns, "name": name},
-        "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]}
-    });
-    merge(&mut obj, extra);
-    SvcInfo::from_service(&serde_json::from_value(obj).unwrap())
-}
-
-fn merge(a: &mut Value, b: Value) {
-    match (a, b) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (a, b) => *a = b,
-    }
-}
-
-fn admit(a: &Allocator, s: &SvcInfo) -> Decision {
-    let d = a.admit(
-        Request {
-            id: &format!("uid-{}-{}", s.namespace, s.name),
-            svc: s,
-            old: None,
-            dry_run: false,
-        },
-        Instant::now(),
-    );
-    if let Outcome::Allocated { ips, .. } = &d.outcome {
-        // Held from now on, as the Service watch would report it.
-        let mut held = s.clone();
-        held.lb_ips_annotation = Some(
-            ips.iter()
-                .map(IpAddr::to_string)
-                .collect::<Vec<_>>()
-                .join(","),
-        );
-        a.apply_service(&held);
-    }
-    d
-}
-
-/// (pool key, addresses) of an allocation, or the outcome's text.
-fn got(d: &Decision) -> (String, Vec<String>) {
-    match &d.outcome {
-        Outcome::Allocated { ips, pool, .. } => {
-            (pool.clone(), ips.iter().map(IpAddr::to_string).collect())
-        }
-        other => (format!("{other:?}"), Vec::new()),
-    }
-}
-
-fn labels(pairs: &[(&str, &str)]) -> Value {
-    json!({"metadata": {"labels": pairs.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>()}})
-}
+use kube_vip_webhook::engine::{ClassMode, Options, Outcome};
+use kube_vip_webhook::pools::PoolSet;
+use kube_vip_webhook::state::{Allocator, Confirm};
+use pool_engine::{admit, alloc, alloc_with, config, got, labels, pool, svc};
+use serde_json::json;
 
 #[test]
 fn a_configmap_only_cluster_is_unchanged_by_an_empty_pool_set() {

@@ -1,10 +1,13 @@
-//! Property: with random pool objects (addresses, exclusions, selectors, priorities, drained
-//! ones) beside a ConfigMap pool, and random Services, every address handed out lies in the
-//! pool the decision names, never in that pool's `spec.exclude`, never twice, and the pool
-//! selects the Service, is not drained, and no pool tried before it had a free address.
+//! Property: with random pool objects (IPv4 and IPv6 addresses mixed, exclusions, selectors,
+//! priorities, drained ones) beside a dual-stack ConfigMap pool, and random Services (IPv4,
+//! IPv6, RequireDualStack, PreferDualStack), every address handed out lies in the pool the
+//! decision names, never in that pool's `spec.exclude`, never twice; the Service gets one
+//! address of each family its policy asks for that the pool has free (all of them when
+//! required); the pool selects the Service, is not drained, and no pool tried before it could
+//! have served it.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
 
 use kube_vip_webhook::config::Config;
@@ -15,21 +18,37 @@ use kube_vip_webhook::state::{Allocator, Confirm, Request};
 use proptest::prelude::*;
 use serde_json::json;
 
-/// Addresses live in 10.0.0.0/26 so pools overlap and fill up.
-fn addr(n: u8) -> String {
-    Ipv4Addr::new(10, 0, 0, n % 64).to_string()
+/// The ConfigMap's pool, tried after every pool object.
+const CONFIGMAP: [&str; 2] = ["10.0.1.1-10.0.1.4", "fd00:1::1-fd00:1::4"];
+
+/// Addresses live in 10.0.0.0/26 and fd00::/122 so pools overlap and fill up.
+fn addr(v6: bool, n: u8) -> IpAddr {
+    let n = n % 64;
+    if v6 {
+        IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, n.into()))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, n))
+    }
 }
 
 fn entry() -> impl Strategy<Value = String> {
-    prop_oneof![
-        (0u8..64).prop_map(addr),
-        (0u8..64, 0u8..8).prop_map(|(a, len)| format!(
-            "{}-{}",
-            addr(a),
-            addr(a.saturating_add(len).min(63))
-        )),
-        (0u8..8, 29u8..=31).prop_map(|(block, prefix)| format!("{}/{prefix}", addr(block * 8))),
-    ]
+    (any::<bool>()).prop_flat_map(|v6| {
+        // A v4 /29../31 holds as many addresses as a v6 /125../127.
+        let shift = if v6 { 96 } else { 0 };
+        prop_oneof![
+            (0u8..64).prop_map(move |a| addr(v6, a).to_string()),
+            (0u8..64, 0u8..8).prop_map(move |(a, len)| format!(
+                "{}-{}",
+                addr(v6, a),
+                addr(v6, a.saturating_add(len).min(63))
+            )),
+            (0u8..8, 29u8..=31).prop_map(move |(block, prefix)| format!(
+                "{}/{}",
+                addr(v6, block * 8),
+                prefix + shift
+            )),
+        ]
+    })
 }
 
 #[derive(Clone, Debug)]
@@ -71,15 +90,59 @@ fn object(i: usize, c: &PoolCase) -> VIPPool {
     VIPPool::new(&format!("p{i}"), spec)
 }
 
-fn svc(name: &str, tier: Option<&str>) -> SvcInfo {
+/// What a Service asks for: its families (primary first) and whether all are required.
+#[derive(Clone, Copy, Debug)]
+enum Policy {
+    V4,
+    V6,
+    Require { v6_first: bool },
+    Prefer { v6_first: bool },
+}
+
+impl Policy {
+    /// (families as "is IPv6", primary first; whether every one is required).
+    fn wants(self) -> (Vec<bool>, bool) {
+        match self {
+            Policy::V4 => (vec![false], true),
+            Policy::V6 => (vec![true], true),
+            Policy::Require { v6_first } => (vec![v6_first, !v6_first], true),
+            Policy::Prefer { v6_first } => (vec![v6_first, !v6_first], false),
+        }
+    }
+}
+
+fn policy() -> impl Strategy<Value = Policy> {
+    prop_oneof![
+        Just(Policy::V4),
+        Just(Policy::V6),
+        any::<bool>().prop_map(|v6_first| Policy::Require { v6_first }),
+        any::<bool>().prop_map(|v6_first| Policy::Prefer { v6_first }),
+    ]
+}
+
+fn svc(name: &str, tier: Option<&str>, policy: Policy) -> SvcInfo {
     let mut labels = serde_json::Map::new();
     if let Some(t) = tier {
         labels.insert("tier".into(), json!(t));
     }
+    let families = |v6_first: bool| {
+        if v6_first {
+            json!(["IPv6", "IPv4"])
+        } else {
+            json!(["IPv4", "IPv6"])
+        }
+    };
+    let (policy, families) = match policy {
+        Policy::V4 => (json!(null), json!(null)),
+        Policy::V6 => (json!(null), json!(["IPv6"])),
+        Policy::Require { v6_first } => (json!("RequireDualStack"), families(v6_first)),
+        Policy::Prefer { v6_first } => (json!("PreferDualStack"), families(v6_first)),
+    };
     SvcInfo::from_service(
         &serde_json::from_value(json!({
             "metadata": {"namespace": "ns", "name": name, "labels": labels},
-            "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]}
+            "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}],
+                     "ipFamilyPolicy": policy, "ipFamilies": families}
         }))
         .unwrap(),
     )
@@ -92,6 +155,7 @@ fn in_entries(ip: IpAddr, entries: &[String]) -> bool {
             net.contains(&ip)
         } else if let Some((a, b)) = e.split_once('-') {
             let (a, b): (IpAddr, IpAddr) = (a.parse().unwrap(), b.parse().unwrap());
+            // IpAddr orders every IPv4 address before every IPv6 one: a range holds one family.
             a <= ip && ip <= b
         } else {
             e.parse::<IpAddr>().ok() == Some(ip)
@@ -99,14 +163,55 @@ fn in_entries(ip: IpAddr, entries: &[String]) -> bool {
     })
 }
 
-/// Whether a pool case still has an address it may hand out (model: every address listed,
-/// minus exclusions, `.0`, and what is held).
-fn has_free(c: &PoolCase, held: &HashSet<IpAddr>) -> bool {
-    (1u8..64)
-        .map(|n| IpAddr::V4(Ipv4Addr::new(10, 0, 0, n)))
-        .any(|ip| {
-            in_entries(ip, &c.addresses) && !in_entries(ip, &c.exclude) && !held.contains(&ip)
+/// A pool as the model sees it: its entries and exclusions, and whether it may serve the
+/// Service at hand (selects it, not drained).
+struct Model<'a> {
+    addresses: &'a [String],
+    exclude: &'a [String],
+    open: bool,
+}
+
+impl Model<'_> {
+    /// Whether the pool still has an address of the family it may hand out (model: every
+    /// address listed, minus exclusions, IPv4 `.0`, and what is held).
+    fn has_free(&self, v6: bool, held: &HashSet<IpAddr>) -> bool {
+        let space = (0u8..64).map(|n| addr(v6, n));
+        space.chain(configmap_space(v6)).any(|ip| {
+            !ip.to_string().ends_with(".0")
+                && in_entries(ip, self.addresses)
+                && !in_entries(ip, self.exclude)
+                && !held.contains(&ip)
         })
+    }
+
+    /// The families (of `wants`, in order) it has free; `None` when it cannot serve the Service.
+    fn serves(&self, wants: &[bool], required: bool, held: &HashSet<IpAddr>) -> Option<Vec<bool>> {
+        if !self.open {
+            return None;
+        }
+        let free: Vec<bool> = wants
+            .iter()
+            .copied()
+            .filter(|f| self.has_free(*f, held))
+            .collect();
+        let ok = if required {
+            free.len() == wants.len()
+        } else {
+            !free.is_empty()
+        };
+        ok.then_some(free)
+    }
+}
+
+/// The ConfigMap's addresses of a family (outside the generated space).
+fn configmap_space(v6: bool) -> impl Iterator<Item = IpAddr> {
+    (1u8..=4).map(move |n| {
+        if v6 {
+            IpAddr::V6(Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, n.into()))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(10, 0, 1, n))
+        }
+    })
 }
 
 proptest! {
@@ -114,58 +219,70 @@ proptest! {
     #[test]
     fn addresses_come_from_the_chosen_pool_and_never_from_an_exclusion(
         cases in prop::collection::vec(pool_case(), 1..5),
-        services in prop::collection::vec(prop::option::of(prop::sample::select(vec!["a", "b"])), 1..40),
+        services in prop::collection::vec(
+            (prop::option::of(prop::sample::select(vec!["a", "b"])), policy()), 1..40),
     ) {
         let a = Allocator::new(Options::default(), Confirm::OnAdmit, "kube-system/kubevip");
-        let cm = BTreeMap::from([("range-global".to_string(), "10.0.1.1-10.0.1.4".to_string())]);
+        let cm = BTreeMap::from([("range-global".to_string(), CONFIGMAP.join(","))]);
         a.set_config(Some(Config::from_data(&cm)));
         let objects: Vec<VIPPool> = cases.iter().enumerate().map(|(i, c)| object(i, c)).collect();
         a.set_pools(PoolSet::from_objects(&objects));
-        // Tried order: priority descending, then name.
+        // Tried order: priority descending, then name; the ConfigMap (index cases.len()) last.
         let mut order: Vec<usize> = (0..cases.len()).collect();
         order.sort_by(|&x, &y| cases[y].priority.cmp(&cases[x].priority).then(format!("p{x}").cmp(&format!("p{y}"))));
+        order.push(cases.len());
+        let configmap: Vec<String> = CONFIGMAP.iter().map(|s| s.to_string()).collect();
         let mut held: HashSet<IpAddr> = HashSet::new();
-        for (n, tier) in services.iter().enumerate() {
-            let s = svc(&format!("s{n}"), *tier);
+        for (n, (tier, policy)) in services.iter().enumerate() {
+            let s = svc(&format!("s{n}"), *tier, *policy);
             let d = a.admit(Request { id: &format!("uid-{n}"), svc: &s, old: None, dry_run: false }, Instant::now());
-            let selects = |c: &PoolCase| c.tier.is_none() || c.tier == *tier;
+            let model = |i: usize| match cases.get(i) {
+                Some(c) => Model {
+                    addresses: &c.addresses,
+                    exclude: &c.exclude,
+                    open: !c.disabled && (c.tier.is_none() || c.tier == *tier),
+                },
+                None => Model { addresses: &configmap, exclude: &[], open: true },
+            };
+            let (wants, required) = policy.wants();
             match &d.outcome {
                 Outcome::Allocated { ips, pool, shared } => {
                     prop_assert!(!shared);
-                    prop_assert_eq!(ips.len(), 1);
-                    let ip = ips[0];
-                    prop_assert!(held.insert(ip), "{} handed out twice", ip);
-                    if pool == "range-global" {
-                        prop_assert!(in_entries(ip, &["10.0.1.1-10.0.1.4".to_string()]));
-                        for &i in &order {
-                            prop_assert!(!(selects(&cases[i]) && !cases[i].disabled && has_free(&cases[i], &held)),
-                                "p{} had a free address, yet the ConfigMap was used", i);
-                        }
-                        continue;
+                    let i = if pool == "range-global" {
+                        cases.len()
+                    } else {
+                        pool.strip_prefix("vippool/p").unwrap().parse().unwrap()
+                    };
+                    let m = model(i);
+                    // One address per family the pool has free, in the Service's order.
+                    let families: Vec<bool> = ips.iter().map(IpAddr::is_ipv6).collect();
+                    prop_assert_eq!(Some(families), m.serves(&wants, required, &held),
+                        "{:?} from {} for {:?}", ips, pool, policy);
+                    for ip in ips {
+                        prop_assert!(!held.contains(ip), "{} handed out twice", ip);
+                        prop_assert!(in_entries(*ip, m.addresses), "{} outside {:?}", ip, m.addresses);
+                        prop_assert!(!in_entries(*ip, m.exclude), "{} inside the exclusion {:?}", ip, m.exclude);
+                        prop_assert!(!ip.to_string().ends_with(".0"));
                     }
-                    let i: usize = pool.strip_prefix("vippool/p").unwrap().parse().unwrap();
-                    let c = &cases[i];
-                    prop_assert!(in_entries(ip, &c.addresses), "{} outside {:?}", ip, c.addresses);
-                    prop_assert!(!in_entries(ip, &c.exclude), "{} inside the exclusion {:?}", ip, c.exclude);
-                    prop_assert!(!c.disabled && selects(c));
-                    prop_assert!(!ip.to_string().ends_with(".0"));
-                    // Every pool tried before had nothing left for this Service.
-                    let before = held.iter().copied().filter(|h| *h != ip).collect();
+                    // Every pool tried before could not serve this Service.
                     for &j in order.iter().take_while(|&&j| j != i) {
-                        prop_assert!(!(selects(&cases[j]) && !cases[j].disabled && has_free(&cases[j], &before)),
-                            "p{} comes before p{} and had a free address", j, i);
+                        prop_assert!(model(j).serves(&wants, required, &held).is_none(),
+                            "pool {} comes before {} and could serve {:?}", j, pool, policy);
                     }
+                    held.extend(ips.iter().copied());
                 }
                 Outcome::NoAddress(_) => {
-                    for c in &cases {
-                        prop_assert!(!(selects(c) && !c.disabled && has_free(c, &held)));
+                    for &j in &order {
+                        prop_assert!(model(j).serves(&wants, required, &held).is_none(),
+                            "pool {} could serve {:?}", j, policy);
                     }
                 }
                 other => prop_assert!(false, "unexpected {:?}", other),
             }
-            if let Some(ip) = d.outcome.ips().first() {
+            let ips = d.outcome.ips();
+            if !ips.is_empty() {
                 let mut h = s.clone();
-                h.lb_ips_annotation = Some(ip.to_string());
+                h.lb_ips_annotation = Some(ips.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(","));
                 a.apply_service(&h);
             }
         }

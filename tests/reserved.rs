@@ -17,6 +17,11 @@ use kube_vip_webhook::service::SvcInfo;
 use kube_vip_webhook::state::{Allocator, Confirm, Request, ReservedConflict};
 use serde_json::{Value, json};
 
+#[path = "support/pool_engine.rs"]
+mod pool_engine;
+use kube_vip_webhook::pools::PoolSet;
+use pool_engine::pool;
+
 fn alloc(pairs: &[(&str, &str)]) -> Allocator {
     alloc_excluding(pairs, None)
 }
@@ -34,6 +39,12 @@ fn alloc_excluding(pairs: &[(&str, &str)], flag: Option<&str>) -> Allocator {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     a.set_config(Some(Config::from_data(&data)));
+    a
+}
+
+/// `a` with these pool objects (VIPPools).
+fn with_pools(a: Allocator, pools: &[kube_vip_webhook::pools::VIPPool]) -> Allocator {
+    a.set_pools(PoolSet::from_objects(pools));
     a
 }
 
@@ -471,4 +482,138 @@ fn pools_containing_reserved_addresses_are_listed_with_owners() {
         .find(|p| p.pool == "range-web")
         .unwrap();
     assert_eq!((web.size, web.used), (8, 1));
+}
+
+#[test]
+fn a_vippool_never_hands_out_node_or_api_addresses_and_denies_pinning_them_by_owner() {
+    let a = with_pools(
+        alloc(&[]),
+        &[pool("p", json!({"addresses": ["10.0.0.1-10.0.0.6"]}))],
+    );
+    set_node(&a, &node("worker-1", &[("InternalIP", "10.0.0.2")]));
+    let (source, holdings) = objects::cluster_info(Some(&cluster_info("https://10.0.0.4:6443")));
+    a.set_reserved(source, holdings);
+    let (source, holdings) = objects::endpoint_slice(&slice(&["10.0.0.5"]));
+    a.set_reserved(source, holdings);
+    let d = admit(&a, &svc("web", "first", json!({})));
+    assert!(
+        matches!(&d.outcome, Outcome::Allocated { pool, .. } if pool == "vippool/p"),
+        "{d:?}"
+    );
+    assert_eq!(ips(&d), ["10.0.0.1"]);
+    assert_eq!(drain(&a, "web"), ["10.0.0.3", "10.0.0.6"]);
+    let d = admit(&a, &pinned("web", "pin", "10.0.0.2"));
+    assert_eq!(
+        denied(&d),
+        "annotation kube-vip.io/loadbalancerIPs: address 10.0.0.2 is node worker-1's InternalIP, \
+         which the network already uses; choose another address"
+    );
+    let d = admit(&a, &pinned("web", "api", "10.0.0.5"));
+    assert!(
+        denied(&d)
+            .contains("address 10.0.0.5 is the API endpoint (EndpointSlice default/kubernetes)"),
+        "{d:?}"
+    );
+    // Naming the pool changes nothing: the address is still the node's.
+    let named = svc(
+        "web",
+        "named",
+        json!({"metadata": {"annotations": {"kube-vip.io/loadbalancerIPs": "10.0.0.4",
+            "lb.kube-vip.io/pool": "p"}}}),
+    );
+    assert!(denied(&admit(&a, &named)).contains("is the API endpoint"));
+}
+
+#[test]
+fn exclusions_from_keys_and_the_flag_apply_to_vippool_allocations() {
+    let a = with_pools(
+        alloc_excluding(
+            &[
+                ("exclude-global", "10.0.0.1"),
+                ("exclude-web", "10.0.0.2-10.0.0.3"),
+            ],
+            Some("10.0.0.4/31"),
+        ),
+        &[pool("p", json!({"addresses": ["10.0.0.0/28"]}))],
+    );
+    assert_eq!(ips(&admit(&a, &svc("web", "a", json!({})))), ["10.0.0.6"]);
+    assert_eq!(ips(&admit(&a, &svc("api", "a", json!({})))), ["10.0.0.2"]);
+    for (ns, addr, by) in [
+        ("web", "10.0.0.1", "ConfigMap key exclude-global"),
+        ("web", "10.0.0.3", "ConfigMap key exclude-web"),
+        ("api", "10.0.0.5", "--exclude"),
+    ] {
+        let d = admit(&a, &pinned(ns, &format!("pin-{addr}"), addr));
+        assert_eq!(
+            denied(&d),
+            format!(
+                "annotation kube-vip.io/loadbalancerIPs: address {addr} is excluded by {by}; \
+                 choose another address"
+            )
+        );
+    }
+    // A pool object belongs to no namespace: its size leaves out what every namespace
+    // excludes (exclude-global, --exclude), as the ConfigMap's cidr-global does.
+    let stats = a.pool_stats();
+    let p = stats.iter().find(|s| s.pool == "vippool/p").unwrap();
+    assert_eq!((p.size, p.used), (15 - 3, 2), "{stats:?}");
+    // Everything excluded: no address, and the reason names the exclusion.
+    let all = with_pools(
+        alloc_excluding(&[], Some("10.1.0.0/16")),
+        &[pool("all", json!({"addresses": ["10.1.0.1-10.1.0.9"]}))],
+    );
+    match admit(&all, &svc("web", "x", json!({}))).outcome {
+        Outcome::NoAddress(why) => assert!(
+            why.contains("vippool/all")
+                && why.contains("every IPv4 address is excluded (--exclude)"),
+            "{why}"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn vippools_containing_reserved_addresses_are_listed_as_vippool_name() {
+    let a = with_pools(
+        alloc(&[("exclude-global", "10.0.0.12")]),
+        &[
+            pool(
+                "nodes",
+                json!({"addresses": ["10.0.0.0/24"], "exclude": ["10.0.0.11"], "priority": 1}),
+            ),
+            // .0 is a host address in a /23: a pool that hands it out must report a node on it.
+            pool(
+                "edge",
+                json!({"addresses": ["10.0.3.0/31"], "avoidBuggyIPs": false}),
+            ),
+        ],
+    );
+    set_node(&a, &node("a", &[("InternalIP", "10.0.0.10")]));
+    // Carved out of the pool by spec.exclude, and by exclude-global: not in it.
+    set_node(&a, &node("b", &[("InternalIP", "10.0.0.11")]));
+    set_node(&a, &node("c", &[("InternalIP", "10.0.0.12")]));
+    set_node(&a, &node("d", &[("InternalIP", "10.0.3.0")]));
+    let want = |pool: &str, addr: &str, owner: &str| InPool {
+        pool: pool.into(),
+        address: ip(addr),
+        owner: owner.into(),
+    };
+    assert_eq!(
+        a.reserved_in_pools(),
+        [
+            want("vippool/edge", "10.0.3.0", "node d's InternalIP"),
+            want("vippool/nodes", "10.0.0.10", "node a's InternalIP"),
+        ]
+    );
+    let all = a.reserved_addresses();
+    let of = |addr: &str| all.iter().find(|r| r.address == ip(addr)).unwrap();
+    assert_eq!(of("10.0.0.10").pools, ["vippool/nodes"]);
+    assert!(of("10.0.0.11").pools.is_empty());
+    // And allocation skips them all, the node's .0 included.
+    let handed = drain(&a, "web");
+    assert_eq!(handed.len(), 254 - 3 + 1, "{handed:?}");
+    assert_eq!(handed.last().map(String::as_str), Some("10.0.3.1"));
+    for taken in ["10.0.0.10", "10.0.0.11", "10.0.0.12", "10.0.3.0"] {
+        assert!(!handed.iter().any(|h| h == taken), "{taken}");
+    }
 }

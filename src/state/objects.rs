@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLockReadGuard, RwLockWriteGuard};
 
 use super::Allocator;
-use crate::config::FamilyPool;
+use crate::config::{FamilyPool, GLOBAL};
 use crate::engine;
 use crate::ipam::Family;
 use crate::pools::status::Counts;
@@ -101,12 +101,18 @@ impl Allocator {
         pools
             .iter()
             .map(|p| {
-                let count = |family: Family| match p.pool.family(family) {
-                    Some(FamilyPool::Set(set)) if p.spec.avoid_buggy_ips => {
-                        Some((set.capacity(), used.count_in(set)))
-                    }
-                    Some(FamilyPool::Set(set)) => Some((set.size(), used.count_all_in(set))),
-                    _ => None,
+                let count = |family: Family| {
+                    let Some(FamilyPool::Set(set)) = p.pool.family(family) else {
+                        return None;
+                    };
+                    // A pool object is no namespace's: what every namespace excludes is not
+                    // part of it (as for `cidr-global`); reserved addresses are used.
+                    let set = inner.config.without_excluded(GLOBAL, set);
+                    Some(if p.spec.avoid_buggy_ips {
+                        (set.capacity(), used.count_in(&set))
+                    } else {
+                        (set.size(), used.count_all_in(&set))
+                    })
                 };
                 Counts {
                     v4: count(Family::V4),

@@ -240,16 +240,26 @@ fn in_pools(config: &Config, objects: &PoolSet, holdings: &[Holding]) -> Vec<InP
     if holdings.is_empty() {
         return out;
     }
-    let config_pools = config.pools().map(|p| (p, pool_namespace(&p.key)));
-    let object_pools = objects.iter().map(|o| (&o.pool, GLOBAL));
-    for (pool, ns) in config_pools.chain(object_pools) {
+    // (pool, the namespace whose exclusions apply, whether it hands out IPv4 .0/.255).
+    let config_pools = config.pools().map(|p| (p, pool_namespace(&p.key), false));
+    let object_pools = objects
+        .iter()
+        .map(|o| (&o.pool, GLOBAL, !o.spec.avoid_buggy_ips));
+    for (pool, ns, all) in config_pools.chain(object_pools) {
         for family in [Family::V4, Family::V6] {
             let Some(FamilyPool::Set(set)) = pool.family(family) else {
                 continue;
             };
             let set = config.without_excluded(ns, set);
+            let inside = |ip: &IpAddr| {
+                if all {
+                    set.contains(*ip)
+                } else {
+                    set.is_allocatable(*ip)
+                }
+            };
             for h in holdings {
-                for ip in h.ips.iter().filter(|ip| set.is_allocatable(**ip)) {
+                for ip in h.ips.iter().filter(|ip| inside(ip)) {
                     out.push(InPool {
                         pool: pool.key.clone(),
                         address: *ip,

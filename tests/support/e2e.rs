@@ -259,12 +259,21 @@ pub fn annotation(svc: &Service) -> Option<String> {
 
 /// Run the binary's read-only commands against the envtest cluster as an operator would.
 pub async fn cli_json(args: Vec<String>) -> serde_json::Value {
+    let out = cli_text(args, None).await;
+    serde_json::from_str(&out).expect("JSON on stdout")
+}
+
+/// [`cli_json`] for what people read (tables): stdout. `kubeconfig` is given as `$KUBECONFIG`,
+/// which `--live` reads; without it the command sees no `$KUBECONFIG`.
+pub async fn cli_text(args: Vec<String>, kubeconfig: Option<PathBuf>) -> String {
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_kube-vip-webhook"))
-            .args(&args)
-            .env_remove("KUBECONFIG")
-            .output()
-            .expect("run the binary")
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kube-vip-webhook"));
+        cmd.args(&args);
+        match kubeconfig {
+            Some(path) => cmd.env("KUBECONFIG", path),
+            None => cmd.env_remove("KUBECONFIG"),
+        };
+        cmd.output().expect("run the binary")
     })
     .await
     .expect("join");
@@ -273,7 +282,7 @@ pub async fn cli_json(args: Vec<String>) -> serde_json::Value {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+    String::from_utf8(out.stdout).expect("UTF-8 on stdout")
 }
 
 /// Install the VIPPool CRD as `manifest/base/crd.yaml` ships it (once per control plane: an
