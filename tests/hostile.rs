@@ -387,6 +387,47 @@ async fn idle_connections_are_reaped_and_do_not_block_admissions() {
     target.stop().await;
 }
 
+/// A client that declares a body and never sends it (slowloris on the body) gets 408 once
+/// `BODY_READ_TIMEOUT` has passed, and admissions on other connections go on meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_arrives_is_answered_408() {
+    use kube_vip_webhook::webhook::BODY_READ_TIMEOUT;
+    use tokio::io::AsyncReadExt;
+
+    let target = Target::start("10.0.0.0/24", Quotas::default(), Limits::default()).await;
+    let client = target.client();
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let mut tls = tls_support_connect(&target).await;
+        tls.write_all(
+            b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 1000000\r\n\r\n{\"apiVersion\":",
+        )
+        .await
+        .unwrap();
+        tls.flush().await.unwrap();
+        stalled.push(tls);
+    }
+    let ip = patiently(legit_create(&client, target.addr, "default", "meanwhile")).await;
+    assert!(ip.is_some());
+    for mut tls in stalled {
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            match patiently(tls.read(&mut buf)).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+        let head = String::from_utf8_lossy(&answer);
+        assert!(
+            head.starts_with("HTTP/1.1 408"),
+            "after {BODY_READ_TIMEOUT:?} without the body: {head}"
+        );
+    }
+    target.stop().await;
+}
+
 async fn tls_support_connect(target: &Target) -> tokio_rustls::client::TlsStream<TcpStream> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
