@@ -8,6 +8,8 @@
 mod e2e;
 #[path = "support/envtest.rs"]
 mod envtest;
+#[path = "support/tcp_proxy.rs"]
+mod tcp_proxy;
 #[path = "support/wait.rs"]
 mod wait;
 #[path = "support/webhook_proc.rs"]
@@ -490,4 +492,58 @@ async fn status_and_live_plan_read_the_cluster() {
         .unwrap_or_else(|| panic!("{plan}"))
         .clone();
     assert_eq!(c["outcome"], "no_address");
+}
+
+/// A watch the network drops resumes from the last resourceVersion it saw (the apiserver's watch
+/// cache still has it): no relist, and what changed while it was down reaches the cache.
+/// (A watch that cannot resume is relisted: `e2e_relist`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_watch_resumes_without_a_relist_and_sees_what_changed() {
+    let Some(t) = E2e::new("resume").await else {
+        return;
+    };
+    t.set_config(&[(&t.key("range"), &t.range(10, 11))]).await;
+    t.register().await;
+    let proxy =
+        tcp_proxy::Proxy::start("127.0.0.1:0".parse().expect("addr"), vec![t.cp.address()]).await;
+    let wh = webhook_proc::WebhookProc::spawn(
+        "resume-0",
+        &t.webhook_args_via("resume-0", proxy.addr),
+        &[],
+    )
+    .await;
+    wh.ready(e2e::PATIENCE).await;
+    t.wait_active().await;
+    let api = t.services();
+    for name in ["a", "b"] {
+        api.create(&PostParams::default(), &lb(name, 80))
+            .await
+            .expect("create");
+    }
+    assert_eq!(t.address_of("b").await, Some(t.ip(11)));
+    let listed = wh.log_lines("Service cache listed").len();
+
+    // Every connection of the webhook to the apiserver drops; a is deleted meanwhile.
+    proxy.cut();
+    api.delete("a", &DeleteParams::default())
+        .await
+        .expect("delete");
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    proxy.set_backends(vec![t.cp.address()]);
+
+    // a's address is free again in the webhook's view: the resumed watch brought the delete.
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    eventually("the delete to reach the webhook", || async {
+        let svc = api.create(&dry, &lb("next", 80)).await.ok()?;
+        (annotation(&svc) == Some(t.ip(10))).then_some(())
+    })
+    .await;
+    assert_eq!(
+        wh.log_lines("Service cache listed").len(),
+        listed,
+        "resumed, not relisted"
+    );
 }

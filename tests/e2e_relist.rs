@@ -40,18 +40,7 @@ async fn a_relist_after_compaction_sees_what_changed_meanwhile() {
     t.register().await;
     // The webhook reaches the apiserver only through the proxy.
     let proxy = Proxy::start("127.0.0.1:0".parse().expect("addr"), vec![t.cp.address()]).await;
-    let kubeconfig = t.certs.path().join("proxied.kubeconfig");
-    envtest::write_kubeconfig(
-        &kubeconfig,
-        &format!("https://{}", proxy.addr),
-        &t.cp.ca_pem,
-        envtest::ADMIN_TOKEN,
-        &t.ns,
-    )
-    .expect("kubeconfig");
-    let mut args = t.webhook_args("relist-0", &[]);
-    let at = args.iter().position(|a| a == "--kubeconfig").expect("flag") + 1;
-    args[at] = kubeconfig.display().to_string();
+    let args = t.webhook_args_via("relist-0", proxy.addr);
     let wh = WebhookProc::spawn("relist-0", &args, &[]).await;
     wh.ready(e2e::PATIENCE).await;
     t.wait_active().await;

@@ -206,6 +206,24 @@ impl E2e {
         args
     }
 
+    /// [`webhook_args`](Self::webhook_args) reaching the apiserver at `apiserver` instead (a
+    /// proxy in between, to cut the webhook off); its kubeconfig is written for `pod`.
+    pub fn webhook_args_via(&self, pod: &str, apiserver: std::net::SocketAddr) -> Vec<String> {
+        let kubeconfig = self.certs.path().join(format!("{pod}.kubeconfig"));
+        envtest::write_kubeconfig(
+            &kubeconfig,
+            &format!("https://{apiserver}"),
+            &self.cp.ca_pem,
+            envtest::ADMIN_TOKEN,
+            &self.ns,
+        )
+        .expect("kubeconfig");
+        let mut args = self.webhook_args(pod, &[]);
+        let at = args.iter().position(|a| a == "--kubeconfig").expect("flag") + 1;
+        args[at] = kubeconfig.display().to_string();
+        args
+    }
+
     /// Start the binary on the registered port and wait until it is ready.
     pub async fn start_webhook(&self, pod: &str, extra: &[&str]) -> WebhookProc {
         let proc = WebhookProc::spawn(pod, &self.webhook_args(pod, extra), &[]).await;
