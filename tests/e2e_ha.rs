@@ -8,6 +8,10 @@
 mod e2e;
 #[path = "support/envtest.rs"]
 mod envtest;
+#[path = "support/metrics.rs"]
+mod metrics;
+#[path = "support/reviews.rs"]
+mod reviews;
 #[path = "support/tcp_proxy.rs"]
 mod tcp_proxy;
 #[path = "support/wait.rs"]
@@ -253,4 +257,38 @@ async fn leader_stopped_gracefully_hands_over_within_two_seconds() {
         .into_iter()
         .collect();
     assert_eq!(released.len(), 1);
+}
+
+/// Anyone can set the forwarded marker: a follower that gets it decides nothing (it validates
+/// only, reserves nothing, never forwards again); the leader honours it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_honours_the_forwarded_marker() {
+    let _serial = SERIAL.lock().await;
+    let Some(ha) = three_replicas("ha-marker").await else {
+        return;
+    };
+    let leader = ha.leader().await;
+    let ca = std::fs::read_to_string(ha.t.certs.path().join("ca.crt")).expect("CA");
+    let http = reviews::client(&ca);
+    let pending = |text: &str| metrics::sample(text, "kube_vip_webhook_reservations_pending", &[]);
+    for (i, r) in ha.replicas.iter().enumerate() {
+        let review = reviews::create(&format!("marked-{i}"), &ha.t.ns, &format!("m{i}"), false);
+        let answer = reviews::send(&http, r.webhook, &review, true).await;
+        assert_eq!(answer["response"]["allowed"], true, "{answer}");
+        let reserved = pending(&r.metrics().await);
+        if i == leader {
+            assert!(
+                reviews::address(&answer).is_some(),
+                "the leader decides: {answer}"
+            );
+            assert_eq!(reserved, Some(1.0), "the leader holds the reservation");
+        } else {
+            assert_eq!(
+                reviews::address(&answer),
+                None,
+                "a follower decided: {answer}"
+            );
+            assert_eq!(reserved, Some(0.0), "a follower reserved");
+        }
+    }
 }
