@@ -2,15 +2,15 @@
 //! the webhook, the reconciler and `plan` call it): selectors, class, priority and its name
 //! tiebreak, a pool named by annotation, exclusions, drain, and the ConfigMap below them all.
 
-#[path = "support/pool_engine.rs"]
-mod pool_engine;
+#[path = "support/engine.rs"]
+mod engine;
 
 use std::collections::BTreeMap;
 
+use engine::{admit, alloc, alloc_with, config, got, labels, pool, svc};
 use kube_vip_webhook::engine::{ClassMode, Options, Outcome};
 use kube_vip_webhook::pools::PoolSet;
 use kube_vip_webhook::state::{Allocator, Confirm};
-use pool_engine::{admit, alloc, alloc_with, config, got, labels, pool, svc};
 use serde_json::json;
 
 #[test]

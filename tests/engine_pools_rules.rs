@@ -2,13 +2,13 @@
 //! validation, dual-stack rules, warnings and Events work the same for both"), through the one
 //! allocation engine: `allowShare`, IPv6 and dual-stack policies, pinned addresses.
 
-#[path = "support/pool_engine.rs"]
-mod pool_engine;
+#[path = "support/engine.rs"]
+mod engine;
 
 use std::net::IpAddr;
 
+use engine::{admit, alloc, alloc_with, got, on, pinned_json, pool, svc};
 use kube_vip_webhook::engine::{Options, Outcome};
-use pool_engine::{admit, alloc, alloc_with, got, on, pinned_json, pool, svc};
 use serde_json::json;
 
 #[test]

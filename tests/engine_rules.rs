@@ -1,24 +1,17 @@
 //! SPEC sections 3-4 rule by rule, through the one allocation engine (via `state::Allocator`,
 //! which is what the webhook, the reconciler and `plan` call).
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use kube_vip_webhook::config::Config;
-use kube_vip_webhook::engine::{ClassMode, Decision, Options, Outcome};
+use kube_vip_webhook::engine::{ClassMode, Options, Outcome};
 use kube_vip_webhook::ipam::Family;
 use kube_vip_webhook::service::{ServiceKey, SvcInfo};
 use kube_vip_webhook::state::{Allocator, Confirm, Request};
 use serde_json::{Value, json};
 
-fn config(pairs: &[(&str, &str)]) -> Config {
-    let data: BTreeMap<String, String> = pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    Config::from_data(&data)
-}
+#[path = "support/engine.rs"]
+mod engine;
+use engine::{config, decide as admit, ip, ips, merge, svc};
 
 fn alloc(pairs: &[(&str, &str)]) -> Allocator {
     alloc_with(pairs, Options::default(), Confirm::OnAdmit)
@@ -28,48 +21,6 @@ fn alloc_with(pairs: &[(&str, &str)], options: Options, confirm: Confirm) -> All
     let a = Allocator::new(options, confirm, "kube-system/kubevip");
     a.set_config(Some(config(pairs)));
     a
-}
-
-/// A LoadBalancer Service; `extra` is merged into the object (metadata/spec/status keys).
-fn svc(ns: &str, name: &str, extra: Value) -> SvcInfo {
-    let mut obj = json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"namespace": ns, "name": name},
-        "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]}
-    });
-    merge(&mut obj, extra);
-    SvcInfo::from_service(&serde_json::from_value(obj).unwrap())
-}
-
-fn merge(a: &mut Value, b: Value) {
-    match (a, b) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (a, b) => *a = b,
-    }
-}
-
-fn admit(a: &Allocator, s: &SvcInfo) -> Decision {
-    a.admit(
-        Request {
-            id: &format!("uid-{}-{}", s.namespace, s.name),
-            svc: s,
-            old: None,
-            dry_run: false,
-        },
-        Instant::now(),
-    )
-}
-
-fn ips(d: &Decision) -> Vec<String> {
-    d.outcome.ips().iter().map(IpAddr::to_string).collect()
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
 }
 
 #[test]

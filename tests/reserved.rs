@@ -5,7 +5,6 @@
 //! goes frees its addresses; a node that comes up on a Service's address moves nothing.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::time::Instant;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
@@ -17,10 +16,10 @@ use kube_vip_webhook::service::SvcInfo;
 use kube_vip_webhook::state::{Allocator, Confirm, Request, ReservedConflict};
 use serde_json::{Value, json};
 
-#[path = "support/pool_engine.rs"]
-mod pool_engine;
+#[path = "support/engine.rs"]
+mod engine;
+use engine::{decide as admit, ip, ips, pool, svc};
 use kube_vip_webhook::pools::PoolSet;
-use pool_engine::pool;
 
 fn alloc(pairs: &[(&str, &str)]) -> Allocator {
     alloc_excluding(pairs, None)
@@ -48,51 +47,12 @@ fn with_pools(a: Allocator, pools: &[kube_vip_webhook::pools::VIPPool]) -> Alloc
     a
 }
 
-fn svc(ns: &str, name: &str, extra: Value) -> SvcInfo {
-    let mut obj = json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"namespace": ns, "name": name},
-        "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]}
-    });
-    if let (Value::Object(o), Value::Object(extra)) = (&mut obj, extra) {
-        for (k, v) in extra {
-            match (o.get_mut(&k), v) {
-                (Some(Value::Object(into)), Value::Object(v)) => into.extend(v),
-                (_, v) => {
-                    o.insert(k, v);
-                }
-            }
-        }
-    }
-    SvcInfo::from_service(&serde_json::from_value(obj).unwrap())
-}
-
 fn pinned(ns: &str, name: &str, ip: &str) -> SvcInfo {
     svc(
         ns,
         name,
         json!({"metadata": {"annotations": {"kube-vip.io/loadbalancerIPs": ip}}}),
     )
-}
-
-fn admit(a: &Allocator, s: &SvcInfo) -> Decision {
-    a.admit(
-        Request {
-            id: &format!("uid-{}-{}", s.namespace, s.name),
-            svc: s,
-            old: None,
-            dry_run: false,
-        },
-        Instant::now(),
-    )
-}
-
-fn ips(d: &Decision) -> Vec<String> {
-    d.outcome.ips().iter().map(IpAddr::to_string).collect()
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
 }
 
 fn denied(d: &Decision) -> &str {

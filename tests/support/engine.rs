@@ -1,5 +1,5 @@
-//! Pool objects through the one allocation engine (`state::Allocator`): the helpers the
-//! VIPPool engine tests share (pools from JSON specs, Services, admissions that are held).
+//! The allocation engine (`state::Allocator`) driven directly: the helpers the engine tests
+//! share (ConfigMaps and pools from JSON, Services, admissions plain or held).
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::collections::BTreeMap;
@@ -62,6 +62,29 @@ pub fn merge(a: &mut Value, b: Value) {
     }
 }
 
+/// One admission of `s` (a CREATE with a request id of its own); nothing is held afterwards
+/// but the reservation.
+pub fn decide(a: &Allocator, s: &SvcInfo) -> Decision {
+    a.admit(
+        Request {
+            id: &format!("uid-{}-{}", s.namespace, s.name),
+            svc: s,
+            old: None,
+            dry_run: false,
+        },
+        Instant::now(),
+    )
+}
+
+pub fn ips(d: &Decision) -> Vec<String> {
+    d.outcome.ips().iter().map(IpAddr::to_string).collect()
+}
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// [`decide`], then the Service holds what it got, as the Service watch would report it.
 pub fn admit(a: &Allocator, s: &SvcInfo) -> Decision {
     let d = a.admit(
         Request {
