@@ -269,3 +269,27 @@ fn pool_objects_from_files() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("kind VIPPool"));
 }
+
+/// Installed as a kubectl plugin (README: a symlink named `kubectl-vip` on the PATH), kubectl
+/// runs `kubectl-vip plan ...`: the binary must work under that name.
+#[cfg(unix)]
+#[test]
+fn works_as_the_kubectl_vip_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = dir.path().join("kubectl-vip");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_kube-vip-webhook"), &plugin).unwrap();
+    let out = Command::new(&plugin)
+        .args(["plan", "--configmap", CM])
+        .args(["--request", "manifest/examples/new-services.yaml"])
+        .args(["-o", "json"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!v["results"].as_array().unwrap().is_empty(), "{v}");
+}
