@@ -590,3 +590,56 @@ async fn a_named_pool_answers_at_create_and_status_and_live_plan_show_vippool_ro
         );
     }
 }
+
+/// Overlapping pools both say so in their `Conflict` condition; an entry the schema lets through
+/// but that means nothing (a range that ends before it starts) is named in `Invalid` and in a
+/// Warning Event on the pool; the rest of the pool is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlaps_and_invalid_entries_show_in_conditions_and_an_event() {
+    let Some(t) = E2e::new("pools-cond").await else {
+        return;
+    };
+    install_pool_crd(&t.client).await;
+    t.set_config(&[]).await;
+    t.register().await;
+    let _wh = t.start_webhook("pools-cond-0", &[]).await;
+    let api = pools(&t);
+    let reversed = format!("{}-{}", t.ip(99), t.ip(90));
+    let (a, b) = (
+        pool(&t, "-a", json!({"addresses": [t.range(70, 79)]})),
+        pool(&t, "-b", json!({"addresses": [t.range(75, 84), reversed]})),
+    );
+    for p in [&a, &b] {
+        api.create(&PostParams::default(), p)
+            .await
+            .expect("the schema lets both through");
+    }
+    let (a, b) = (format!("{}-a", t.ns), format!("{}-b", t.ns));
+    let condition = |pool: String, type_: &'static str| {
+        let api = api.clone();
+        async move {
+            let status = api.get(&pool).await.ok()?.status?;
+            let c = status.conditions.into_iter().find(|c| c.type_ == type_)?;
+            (c.status == "True").then_some(c.message)
+        }
+    };
+    let conflict = eventually("a's Conflict", || condition(a.clone(), "Conflict")).await;
+    assert!(conflict.contains(&b), "{conflict}");
+    let conflict = eventually("b's Conflict", || condition(b.clone(), "Conflict")).await;
+    assert!(conflict.contains(&a), "{conflict}");
+    let invalid = eventually("b's Invalid", || condition(b.clone(), "Invalid")).await;
+    assert!(invalid.contains(&reversed), "{invalid}");
+    eventually("b Ready", || condition(b.clone(), "Ready")).await;
+
+    let events: Api<Event> = Api::namespaced(t.client.clone(), "default");
+    let note = eventually("InvalidConfiguration Event on b", || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find_map(|e| {
+            (e.reason.as_deref() == Some("InvalidConfiguration")
+                && e.regarding.as_ref()?.name.as_deref() == Some(b.as_str()))
+            .then(|| e.note.unwrap_or_default())
+        })
+    })
+    .await;
+    assert!(note.contains(&reversed), "{note}");
+}
