@@ -20,11 +20,12 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube_vip_webhook::cli::ServeArgs;
 use kube_vip_webhook::cli::{Cli, Command};
+use kube_vip_webhook::pools::{VIPPool, VIPPoolSpec};
 use kube_vip_webhook::serve::{Running, Stop};
 use kube_vip_webhook::service::SvcInfo;
 use kube_vip_webhook::state::Request;
 use serde_json::json;
-use support::fake_apiserver::{FakeApiServer, Matcher};
+use support::fake_apiserver::{FakeApiServer, Matcher, ResourceDef};
 use support_metrics::{sample, scrape, series_names};
 use wait::eventually;
 
@@ -561,6 +562,17 @@ async fn every_metric_the_alerts_and_dashboard_use_is_exported() {
     let fake = FakeApiServer::new();
     fake.insert(&configmap(&[("range-global", "10.0.0.1-10.0.0.2")]))
         .unwrap();
+    // A pool object with a reversed range (the schema cannot refuse it): the per-pool gauges.
+    fake.register_resource(
+        ResourceDef::new("lb.kube-vip.io", "v1alpha1", "vippools", "VIPPool", false)
+            .with_status(None),
+    );
+    let spec: VIPPoolSpec = serde_json::from_value(json!({
+        "addresses": ["10.1.0.9-10.1.0.1", "10.1.0.20-10.1.0.21"],
+        "serviceSelector": {"matchLabels": {"pool": "bad"}}
+    }))
+    .unwrap();
+    fake.insert(&VIPPool::new("bad", spec)).unwrap();
     let c = start(fake, &[]).await;
     ready(&c).await;
     c.fake.insert(&lb("m", "bypassed", 80, None)).unwrap();
@@ -596,7 +608,18 @@ async fn every_metric_the_alerts_and_dashboard_use_is_exported() {
         .status();
     assert_eq!(status, 200);
 
-    let exported = series_names(&scrape(c.running.admin_addr).await);
+    let text = scrape(c.running.admin_addr).await;
+    assert_eq!(sample(&text, "kube_vip_webhook_vippools", &[]), Some(1.0));
+    assert_eq!(
+        sample(
+            &text,
+            "kube_vip_webhook_vippool_invalid_entries",
+            &[("pool", "vippool/bad")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    let exported = series_names(&text);
     let mut used = Vec::new();
     for (alert, rule) in alerts(&rule_groups()) {
         let expr = rule["expr"].as_str().unwrap_or_default().to_string();

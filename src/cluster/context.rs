@@ -168,7 +168,7 @@ impl Context {
             .map(|c| c.errors().iter().map(ToString::to_string).collect());
         match &errors {
             None => {
-                tracing::warn!(configmap = %name, "pool ConfigMap not found; no addresses will be allocated (it is never created by us)")
+                tracing::warn!(configmap = %name, "pool ConfigMap not found; addresses come from VIPPools only, if there are any (it is never created by us)")
             }
             Some(errs) => {
                 for e in errs {
