@@ -220,6 +220,48 @@ async fn caches_sync_then_ready_and_reconciler_annotates_bypassed_service() {
     );
 }
 
+/// The initial list feeds the used-address index without labels or the pool annotation (only
+/// pool selection reads them, and the list holds every Service at once); the Services listed
+/// without an address are still allocated by them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_listed_at_start_are_allocated_by_their_labels_and_pool_annotation() {
+    let fake = FakeApiServer::new();
+    fake.insert(&configmap(&[("range-global", "10.0.0.1-10.0.0.2")]))
+        .unwrap();
+    fake.register_resource(
+        ResourceDef::new("lb.kube-vip.io", "v1alpha1", "vippools", "VIPPool", false)
+            .with_status(None),
+    );
+    for (name, spec) in [
+        (
+            "web",
+            json!({"addresses": ["10.5.0.1"], "priority": 10,
+                   "serviceSelector": {"matchLabels": {"tier": "web"}}}),
+        ),
+        ("other", json!({"addresses": ["10.7.0.1"], "priority": 5})),
+        ("named", json!({"addresses": ["10.6.0.1"], "priority": -1})),
+    ] {
+        let spec: VIPPoolSpec = serde_json::from_value(spec).unwrap();
+        fake.insert(&VIPPool::new(name, spec)).unwrap();
+    }
+    let mut labelled = lb("p", "labelled", 80, None);
+    labelled.metadata.labels = Some([("tier".to_string(), "web".to_string())].into());
+    fake.insert(&labelled).unwrap();
+    let mut named = lb("p", "named", 80, None);
+    named.metadata.annotations =
+        Some([("lb.kube-vip.io/pool".to_string(), "named".to_string())].into());
+    fake.insert(&named).unwrap();
+    let c = start(fake, &[]).await;
+    ready(&c).await;
+    for (name, want) in [("labelled", "10.5.0.1"), ("named", "10.6.0.1")] {
+        let ip = eventually("reconciler annotation", || async {
+            annotation_of(&c.fake, "p", name)
+        })
+        .await;
+        assert_eq!(ip, want, "{name}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_service_is_woken_by_delete_and_by_pool_growth() {
     let fake = FakeApiServer::new();

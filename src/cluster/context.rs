@@ -207,7 +207,10 @@ impl Context {
     pub fn index_event(&self, ev: &watcher::Event<Service>, synced: &Synced) {
         match ev {
             watcher::Event::Init => lock(&self.listing).clear(),
-            watcher::Event::InitApply(svc) => lock(&self.listing).push(SvcInfo::from_service(svc)),
+            // Only the index reads the list: labels and the pool annotation are dropped.
+            watcher::Event::InitApply(svc) => {
+                lock(&self.listing).push(SvcInfo::from_service(svc).for_index())
+            }
             watcher::Event::InitDone => {
                 let listed = std::mem::take(&mut *lock(&self.listing));
                 // A relist (after a watch could not resume) replaces the whole view.
