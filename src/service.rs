@@ -249,7 +249,7 @@ impl SvcInfo {
 
     /// Without what only pool selection reads (labels, the pool annotation), for the
     /// used-address index: a relist or a Services file holds one per Service at once, and at
-    /// 100k Services their labels alone were ~85 MiB at readiness (`cargo bench --bench
+    /// 100k Services their labels alone were ~80 MiB at readiness (`cargo bench --bench
     /// cache_scale`). Services still to allocate are read again in full by the reconciler.
     pub fn for_index(mut self) -> SvcInfo {
         self.labels = BTreeMap::new();
