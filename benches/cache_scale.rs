@@ -1,5 +1,7 @@
 //! Cluster mode against 100k LoadBalancer Services served by the fake apiserver: initial sync time,
-//! memory of the caches, and how fast a watch event reaches the used-address index.
+//! memory of the caches, and how fast a watch event reaches the used-address index. The fake also
+//! serves what cluster mode watches besides Services (200 Namespaces, 500 Nodes, the
+//! `kubernetes` EndpointSlice, `cluster-info`, 10 VIPPools), so readiness waits for those too.
 //!
 //! Every measurement runs in a fresh process (this binary re-executes itself), so that nothing a
 //! previous run allocated is still resident. Two setups:
@@ -36,7 +38,7 @@ use kube_vip_webhook::cli::{Cli, Command as CliCommand};
 use kube_vip_webhook::serve::{Running, Stop};
 use serde_json::{Value, json};
 
-use fake_apiserver::FakeApiServer;
+use fake_apiserver::{FakeApiServer, ResourceDef};
 
 /// How long any wait may take before the run is declared failed (not a timing claim).
 const GIVE_UP: Duration = Duration::from_secs(120);
@@ -86,14 +88,34 @@ fn services_gvr() -> GroupVersionResource {
     GroupVersionResource::gvr("", "v1", "services")
 }
 
-/// A fake apiserver holding the pool ConfigMap and `n` Services.
+/// A fake apiserver holding the pool ConfigMap, `n` Services, and what cluster mode also watches:
+/// the Namespaces, Nodes, the `kubernetes` EndpointSlice, `cluster-info` and VIPPools.
 fn loaded_fake(n: u64) -> FakeApiServer {
     let fake = FakeApiServer::new();
-    fake.insert_value(
-        &GroupVersionResource::gvr("", "v1", "configmaps"),
-        objects::configmap(),
-    )
-    .expect("insert ConfigMap");
+    fake.register_resource(
+        ResourceDef::new("lb.kube-vip.io", "v1alpha1", "vippools", "VIPPool", false)
+            .with_status(None),
+    );
+    let configmaps = GroupVersionResource::gvr("", "v1", "configmaps");
+    let insert = |gvr: &GroupVersionResource, v: Value| {
+        fake.insert_value(gvr, v).expect("insert an object");
+    };
+    insert(&configmaps, objects::configmap());
+    insert(&configmaps, objects::cluster_info());
+    let discovery = GroupVersionResource::gvr("discovery.k8s.io", "v1", "endpointslices");
+    insert(&discovery, objects::endpoint_slice());
+    let namespaces = GroupVersionResource::gvr("", "v1", "namespaces");
+    for i in 0..objects::NAMESPACES {
+        insert(&namespaces, objects::namespace_object(i));
+    }
+    let nodes = GroupVersionResource::gvr("", "v1", "nodes");
+    for i in 0..objects::NODES {
+        insert(&nodes, objects::node(i));
+    }
+    let pools = GroupVersionResource::gvr("lb.kube-vip.io", "v1alpha1", "vippools");
+    for i in 0..objects::POOLS {
+        insert(&pools, objects::vippool(i));
+    }
     let gvr = services_gvr();
     for i in 0..n {
         fake.insert_value(&gvr, objects::service(i, objects::address(i)))
@@ -278,10 +300,18 @@ async fn measure_ours(
     let sync = started.elapsed();
     let cpu_sync = cpu().saturating_sub(cpu_before);
     let after_sync = rss();
+    // The other watches were served and read, not skipped as absent (a 404 counts as synced).
+    assert_eq!(running.allocator.pools().len() as u64, objects::POOLS);
+    let reserved = running.allocator.reserved_addresses().len() as u64;
+    assert_eq!(
+        reserved,
+        objects::NODES + 2,
+        "every Node's InternalIP, the API endpoint and the cluster-info server"
+    );
     assert_eq!(
         running.allocator.used_count() as u64,
-        n,
-        "every Service's address is in the index"
+        n + reserved,
+        "every Service's address is in the index (next to the reserved ones)"
     );
     // The smoke run (few Services) has nothing to settle.
     tokio::time::sleep(if n >= 10_000 {

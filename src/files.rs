@@ -93,9 +93,19 @@ fn kind(v: &Value) -> &str {
 /// a tree of values. JSON is read straight from the file; YAML needs the file's text and the
 /// YAML parser's events of one document (a `List` is one document), but no values.
 pub fn load_svc_infos(paths: &[PathBuf]) -> Result<Vec<SvcInfo>, FileError> {
+    load_with(paths, |s| s)
+}
+
+/// [`load_svc_infos`] for the used-address index alone (`serve --standalone`): each Service
+/// without what only pool selection reads ([`SvcInfo::for_index`]), dropped as it is read.
+pub fn load_svc_infos_for_index(paths: &[PathBuf]) -> Result<Vec<SvcInfo>, FileError> {
+    load_with(paths, SvcInfo::for_index)
+}
+
+fn load_with(paths: &[PathBuf], keep: fn(SvcInfo) -> SvcInfo) -> Result<Vec<SvcInfo>, FileError> {
     let mut out = Vec::new();
     for path in paths {
-        out.extend(services_in(path)?);
+        out.extend(services_in(path, keep)?);
     }
     Ok(out)
 }
@@ -137,12 +147,12 @@ fn decode_error(path: &Path, sink: &mut Sink<'_>, reason: String) -> FileError {
     }
 }
 
-fn services_in(path: &Path) -> Result<Vec<SvcInfo>, FileError> {
+fn services_in(path: &Path, keep: fn(SvcInfo) -> SvcInfo) -> Result<Vec<SvcInfo>, FileError> {
     let mut out = Vec::new();
     if looks_like_json(path)? {
         let file = File::open(path).map_err(|source| read_error(path, source))?;
         let json = {
-            let mut push = |svc: Service| out.push(SvcInfo::from_service(&svc));
+            let mut push = |svc: Service| out.push(keep(SvcInfo::from_service(&svc)));
             let mut sink = Sink::new(&mut push);
             let mut de = serde_json::Deserializer::from_reader(BufReader::new(file));
             match Document(&mut sink)
@@ -162,7 +172,7 @@ fn services_in(path: &Path) -> Result<Vec<SvcInfo>, FileError> {
         out.clear();
     }
     let text = std::fs::read_to_string(path).map_err(|source| read_error(path, source))?;
-    let mut push = |svc: Service| out.push(SvcInfo::from_service(&svc));
+    let mut push = |svc: Service| out.push(keep(SvcInfo::from_service(&svc)));
     let mut sink = Sink::new(&mut push);
     for doc in serde_yaml_ng::Deserializer::from_str(&text) {
         Document(&mut sink)
@@ -286,6 +296,27 @@ metadata: {name: web}
             lean("examples.yaml", &examples).unwrap(),
             full_decode(&examples)
         );
+    }
+
+    #[test]
+    fn for_the_index_the_same_services_without_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut paths = Vec::new();
+        for (name, text) in [
+            ("a.yaml", MIXED.to_string()),
+            ("b.json", {
+                let objects: Vec<Value> = parse_objects(MIXED).unwrap();
+                serde_json::to_string(&objects).unwrap()
+            }),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            paths.push(path);
+        }
+        let full = load_svc_infos(&paths).unwrap();
+        assert!(full.iter().any(|s| !s.labels.is_empty()));
+        let want: Vec<SvcInfo> = full.into_iter().map(SvcInfo::for_index).collect();
+        assert_eq!(load_svc_infos_for_index(&paths).unwrap(), want);
     }
 
     #[test]

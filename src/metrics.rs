@@ -47,6 +47,15 @@ pub struct PoolStat {
     pub used: u128,
 }
 
+/// One pool object (VIPPool), as the metrics report it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolObjectStat {
+    /// `vippool/<name>`, as the pool gauges label it.
+    pub pool: String,
+    /// Entries of its spec that are ignored (what its `Invalid` condition lists).
+    pub invalid_entries: usize,
+}
+
 /// Allocator state read at scrape time. Implemented by the allocator state.
 pub trait StatsSource: Send + Sync + 'static {
     /// Every configured pool.
@@ -57,6 +66,10 @@ pub trait StatsSource: Send + Sync + 'static {
     fn config_errors(&self) -> usize;
     /// Whether the configuration (ConfigMap) exists.
     fn config_present(&self) -> bool;
+    /// Every pool object, in the order they are tried.
+    fn pool_objects(&self) -> Vec<PoolObjectStat> {
+        Vec::new()
+    }
     /// Reserved addresses inside pools, sorted by pool and address (never handed out).
     fn reserved_in_pools(&self) -> Vec<ReservedStat> {
         Vec::new()
@@ -345,8 +358,40 @@ impl Collector for StatsCollector {
             "config_present",
             "1 if the pool ConfigMap exists, 0 otherwise.",
             u64::from(self.0.config_present()),
-        )
+        )?;
+        let objects = self.0.pool_objects();
+        // Always exported, 0 included: the ConfigMap-missing alert is silent only while it is
+        // above 0, and an absent series would hide a cluster that lost its pools.
+        plain_gauge(
+            &mut encoder,
+            "vippools",
+            "VIPPool objects the allocator reads (pools besides the ConfigMap).",
+            count(objects.len()),
+        )?;
+        pool_object_errors(&mut encoder, &objects)
     }
+}
+
+/// Per pool object, how many of its entries are ignored; valid pools read 0, so a fixed pool's
+/// series drops to 0 instead of disappearing. Kept apart from `config_errors` (the ConfigMap's),
+/// so an alert can name the pool object to fix.
+fn pool_object_errors(encoder: &mut DescriptorEncoder, objects: &[PoolObjectStat]) -> fmt::Result {
+    if objects.is_empty() {
+        return Ok(());
+    }
+    let mut metric = encoder.encode_descriptor(
+        "vippool_invalid_entries",
+        "Entries of the VIPPool's spec that are ignored (its Invalid condition lists them).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for o in objects {
+        let n = u64::try_from(o.invalid_entries).unwrap_or(u64::MAX);
+        metric
+            .encode_family(&[("pool", o.pool.as_str())])?
+            .encode_gauge(&n)?;
+    }
+    Ok(())
 }
 
 /// Emits the [`Optional`] values that are set.
@@ -484,6 +529,56 @@ mod tests {
             at("kube_vip_webhook_serving_certificate_not_after_timestamp_seconds"),
             Some(1_800_000_000.0)
         );
+    }
+
+    /// Two pool objects, one with two ignored entries.
+    struct Objects;
+
+    impl StatsSource for Objects {
+        fn pools(&self) -> Vec<PoolStat> {
+            Vec::new()
+        }
+        fn reservations(&self) -> usize {
+            0
+        }
+        fn config_errors(&self) -> usize {
+            0
+        }
+        fn config_present(&self) -> bool {
+            false
+        }
+        fn pool_objects(&self) -> Vec<PoolObjectStat> {
+            vec![
+                PoolObjectStat {
+                    pool: "vippool/bad".into(),
+                    invalid_entries: 2,
+                },
+                PoolObjectStat {
+                    pool: "vippool/good".into(),
+                    invalid_entries: 0,
+                },
+            ]
+        }
+    }
+
+    #[test]
+    fn pool_objects_are_counted_and_their_invalid_entries_labelled_by_pool() {
+        // Without pool objects: 0 (the ConfigMap-missing alert reads it), no per-pool series.
+        let text = Metrics::new(Arc::new(NoPools)).encode();
+        assert_eq!(sample(&text, "kube_vip_webhook_vippools"), Some(0.0));
+        assert!(!text.contains("vippool_invalid_entries{"), "{text}");
+
+        let text = Metrics::new(Arc::new(Objects)).encode();
+        assert_eq!(sample(&text, "kube_vip_webhook_vippools"), Some(2.0));
+        let at = |pool: &str| {
+            sample(
+                &text,
+                &format!("kube_vip_webhook_vippool_invalid_entries{{pool=\"{pool}\"}}"),
+            )
+        };
+        assert_eq!(at("vippool/bad"), Some(2.0));
+        // A valid pool reads 0, not absent: its series does not vanish when it is fixed.
+        assert_eq!(at("vippool/good"), Some(0.0));
     }
 
     #[test]

@@ -175,7 +175,8 @@ pub async fn start_standalone(
     for e in crate::pools::PoolObjects::errors(&allocator.pools()) {
         tracing::warn!("pool error: {e}");
     }
-    allocator.reset_services(&files::load_svc_infos(&standalone.services)?);
+    // Only the index reads them: no reconciler here, reviews carry their own labels.
+    allocator.reset_services(&files::load_svc_infos_for_index(&standalone.services)?);
 
     let (tls, cert_dir) = match &standalone.tls_files {
         Some((cert, key)) => (crate::tls::reloading_server_config(cert, key)?, None),

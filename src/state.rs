@@ -607,6 +607,15 @@ impl StatsSource for Allocator {
     fn config_present(&self) -> bool {
         Allocator::config_present(self)
     }
+    fn pool_objects(&self) -> Vec<crate::metrics::PoolObjectStat> {
+        Allocator::pools(self)
+            .iter()
+            .map(|p| crate::metrics::PoolObjectStat {
+                pool: p.key().to_string(),
+                invalid_entries: p.errors.len(),
+            })
+            .collect()
+    }
     fn reserved_in_pools(&self) -> Vec<crate::metrics::ReservedStat> {
         Allocator::reserved_in_pools(self)
             .into_iter()

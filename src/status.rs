@@ -20,6 +20,8 @@ pub struct Report {
     /// `namespace/name` of the pool ConfigMap.
     pub configmap: String,
     pub configmap_present: bool,
+    /// VIPPool objects read (they hand out addresses without the ConfigMap).
+    pub vippools: usize,
     pub config_errors: Vec<String>,
     pub pools: Vec<PoolUsage>,
     /// Addresses never handed out, and why.
@@ -157,6 +159,7 @@ pub fn report(
     Report {
         configmap: configmap.to_string(),
         configmap_present: snapshot.config_data.is_some(),
+        vippools: snapshot.objects.pools.len(),
         config_errors,
         pools: pool_usage(&allocator),
         reserved: reserved(&allocator),
@@ -165,6 +168,19 @@ pub fn report(
         malformed_addresses: allocator.malformed_count(),
         leader,
         certificates,
+    }
+}
+
+/// What a missing ConfigMap means: nothing at all is handed out only without pool objects.
+fn missing_configmap(configmap: &str, vippools: usize) -> String {
+    if vippools == 0 {
+        format!(
+            "ConfigMap {configmap} does not exist and there is no VIPPool: no address can be allocated"
+        )
+    } else {
+        format!(
+            "ConfigMap {configmap} does not exist: only the {vippools} VIPPools hand out addresses"
+        )
     }
 }
 
@@ -179,11 +195,7 @@ fn days_between(now: SystemTime, then: SystemTime) -> i64 {
 pub fn render_table(r: &Report) -> String {
     let mut out = String::new();
     if !r.configmap_present {
-        let _ = writeln!(
-            out,
-            "ConfigMap {} does not exist: no address can be allocated\n",
-            r.configmap
-        );
+        let _ = writeln!(out, "{}\n", missing_configmap(&r.configmap, r.vippools));
     }
     pools_table(&mut out, &r.pools, &r.config_errors);
     reserved_table(&mut out, &r.reserved);
@@ -242,6 +254,15 @@ pub fn render_table(r: &Report) -> String {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_missing_configmap_is_fatal_only_without_pool_objects() {
+        assert!(
+            missing_configmap("kube-system/kubevip", 0).contains("no address can be allocated")
+        );
+        let with_pools = missing_configmap("kube-system/kubevip", 2);
+        assert!(with_pools.contains("only the 2 VIPPools"), "{with_pools}");
+    }
 
     #[test]
     fn days_left_counts_whole_days_and_goes_negative() {

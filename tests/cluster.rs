@@ -20,11 +20,12 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube_vip_webhook::cli::ServeArgs;
 use kube_vip_webhook::cli::{Cli, Command};
+use kube_vip_webhook::pools::{VIPPool, VIPPoolSpec};
 use kube_vip_webhook::serve::{Running, Stop};
 use kube_vip_webhook::service::SvcInfo;
 use kube_vip_webhook::state::Request;
 use serde_json::json;
-use support::fake_apiserver::{FakeApiServer, Matcher};
+use support::fake_apiserver::{FakeApiServer, Matcher, ResourceDef};
 use support_metrics::{sample, scrape, series_names};
 use wait::eventually;
 
@@ -217,6 +218,48 @@ async fn caches_sync_then_ready_and_reconciler_annotates_bypassed_service() {
             .count_requests(&Matcher::any().verb("patch").resource("services"))
             >= 1
     );
+}
+
+/// The initial list feeds the used-address index without labels or the pool annotation (only
+/// pool selection reads them, and the list holds every Service at once); the Services listed
+/// without an address are still allocated by them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_listed_at_start_are_allocated_by_their_labels_and_pool_annotation() {
+    let fake = FakeApiServer::new();
+    fake.insert(&configmap(&[("range-global", "10.0.0.1-10.0.0.2")]))
+        .unwrap();
+    fake.register_resource(
+        ResourceDef::new("lb.kube-vip.io", "v1alpha1", "vippools", "VIPPool", false)
+            .with_status(None),
+    );
+    for (name, spec) in [
+        (
+            "web",
+            json!({"addresses": ["10.5.0.1"], "priority": 10,
+                   "serviceSelector": {"matchLabels": {"tier": "web"}}}),
+        ),
+        ("other", json!({"addresses": ["10.7.0.1"], "priority": 5})),
+        ("named", json!({"addresses": ["10.6.0.1"], "priority": -1})),
+    ] {
+        let spec: VIPPoolSpec = serde_json::from_value(spec).unwrap();
+        fake.insert(&VIPPool::new(name, spec)).unwrap();
+    }
+    let mut labelled = lb("p", "labelled", 80, None);
+    labelled.metadata.labels = Some([("tier".to_string(), "web".to_string())].into());
+    fake.insert(&labelled).unwrap();
+    let mut named = lb("p", "named", 80, None);
+    named.metadata.annotations =
+        Some([("lb.kube-vip.io/pool".to_string(), "named".to_string())].into());
+    fake.insert(&named).unwrap();
+    let c = start(fake, &[]).await;
+    ready(&c).await;
+    for (name, want) in [("labelled", "10.5.0.1"), ("named", "10.6.0.1")] {
+        let ip = eventually("reconciler annotation", || async {
+            annotation_of(&c.fake, "p", name)
+        })
+        .await;
+        assert_eq!(ip, want, "{name}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -561,6 +604,17 @@ async fn every_metric_the_alerts_and_dashboard_use_is_exported() {
     let fake = FakeApiServer::new();
     fake.insert(&configmap(&[("range-global", "10.0.0.1-10.0.0.2")]))
         .unwrap();
+    // A pool object with a reversed range (the schema cannot refuse it): the per-pool gauges.
+    fake.register_resource(
+        ResourceDef::new("lb.kube-vip.io", "v1alpha1", "vippools", "VIPPool", false)
+            .with_status(None),
+    );
+    let spec: VIPPoolSpec = serde_json::from_value(json!({
+        "addresses": ["10.1.0.9-10.1.0.1", "10.1.0.20-10.1.0.21"],
+        "serviceSelector": {"matchLabels": {"pool": "bad"}}
+    }))
+    .unwrap();
+    fake.insert(&VIPPool::new("bad", spec)).unwrap();
     let c = start(fake, &[]).await;
     ready(&c).await;
     c.fake.insert(&lb("m", "bypassed", 80, None)).unwrap();
@@ -596,7 +650,18 @@ async fn every_metric_the_alerts_and_dashboard_use_is_exported() {
         .status();
     assert_eq!(status, 200);
 
-    let exported = series_names(&scrape(c.running.admin_addr).await);
+    let text = scrape(c.running.admin_addr).await;
+    assert_eq!(sample(&text, "kube_vip_webhook_vippools", &[]), Some(1.0));
+    assert_eq!(
+        sample(
+            &text,
+            "kube_vip_webhook_vippool_invalid_entries",
+            &[("pool", "vippool/bad")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    let exported = series_names(&text);
     let mut used = Vec::new();
     for (alert, rule) in alerts(&rule_groups()) {
         let expr = rule["expr"].as_str().unwrap_or_default().to_string();

@@ -18,6 +18,8 @@ mod webhook_proc;
 use std::collections::HashSet;
 
 use e2e::{E2e, annotation, cli_json, eventually, lb};
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -394,6 +396,23 @@ async fn status_and_live_plan_read_the_cluster() {
             .await
             .expect("create");
     }
+    // The serving certificate as the cert-manager route stores it (Secret kube-vip-webhook-tls in
+    // the install namespace), expiring 40.5 days from now: `status` reports 40 whole days left.
+    let tls = kube_vip_webhook::tls::generate_self_signed(
+        &[format!("kube-vip-webhook.{}.svc", t.ns)],
+        std::time::Duration::from_secs(40 * 86_400 + 43_200),
+    )
+    .expect("certificate");
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "kube-vip-webhook-tls", "namespace": t.ns},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": tls.cert_pem, "tls.key": tls.key_pem},
+    }))
+    .expect("Secret");
+    Api::<Secret>::namespaced(t.client.clone(), &t.ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create the certificate Secret");
     t.register().await;
     let _wh = t.start_webhook("status-0", &[]).await;
     t.wait_active().await;
@@ -462,6 +481,21 @@ async fn status_and_live_plan_read_the_cluster() {
             .is_some_and(|h| h.starts_with("status-0_")),
         "{report}"
     );
+    let source = format!("Secret {}/kube-vip-webhook-tls (tls.crt)", t.ns);
+    let cert = report["certificates"]
+        .as_array()
+        .expect("certificates")
+        .iter()
+        .find(|c| c["source"] == source.as_str())
+        .unwrap_or_else(|| panic!("no {source}: {report}"))
+        .clone();
+    assert_eq!(cert["days_left"], 40, "{report}");
+    let not_after = kube_vip_webhook::tls::not_after(&tls.cert_pem).expect("notAfter");
+    let unix = not_after
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after the epoch")
+        .as_secs();
+    assert_eq!(cert["not_after"], unix, "{report}");
     // The table, as printed for people.
     let table_args: Vec<String> = common("status")
         .into_iter()
@@ -480,6 +514,10 @@ async fn status_and_live_plan_read_the_cluster() {
     eprintln!("{table}");
     assert!(
         table.contains("Waiting for an address") && table.contains("Leader: status-0_"),
+        "{table}"
+    );
+    assert!(
+        table.contains(&format!("Certificate: {source} expires in 40 days")),
         "{table}"
     );
     // plan against the live cluster: what the reconciler would do now.

@@ -370,3 +370,48 @@ fn pool_stats_label_both_kinds() {
         ]
     );
 }
+
+#[test]
+fn without_the_configmap_pool_objects_still_hand_out_addresses() {
+    // What keeps KubeVipWebhookConfigMissing silent while pool objects exist must be true.
+    let a = alloc(&[], &[pool("p", json!({"addresses": ["10.0.0.1"]}))]);
+    a.set_config(None);
+    assert!(!a.config_present());
+    assert_eq!(
+        got(&admit(&a, &svc("x", "a", json!({})))),
+        ("vippool/p".into(), vec!["10.0.0.1".into()])
+    );
+}
+
+#[test]
+fn metrics_count_pool_objects_and_their_invalid_entries() {
+    use kube_vip_webhook::metrics::{PoolObjectStat, StatsSource};
+    let a = alloc(
+        &[("cidr-global", "10.9.0.0/30")],
+        &[
+            // A reversed range and a range mixing families: what the schema cannot refuse.
+            pool(
+                "bad",
+                json!({"addresses": ["10.0.0.9-10.0.0.1", "10.0.0.1-fd00::1", "10.0.1.0/30"]}),
+            ),
+            pool("good", json!({"addresses": ["10.0.2.0/30"]})),
+        ],
+    );
+    assert_eq!(
+        a.pool_objects(),
+        [
+            PoolObjectStat {
+                pool: "vippool/bad".into(),
+                invalid_entries: 2
+            },
+            PoolObjectStat {
+                pool: "vippool/good".into(),
+                invalid_entries: 0
+            },
+        ]
+    );
+    // ConfigMap entries stay in config_errors, pool objects' in their own gauge.
+    assert_eq!(StatsSource::config_errors(&a), 0);
+    a.set_pools(PoolSet::default());
+    assert_eq!(a.pool_objects(), []);
+}

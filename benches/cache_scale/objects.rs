@@ -87,3 +87,75 @@ pub fn configmap() -> Value {
         "data": {"cidr-global": "10.0.0.0/8", "allow-share-global": "false"}
     })
 }
+
+/// The namespaces the Services live in, labelled for the pool objects' namespace selectors.
+pub const NAMESPACES: u64 = 200;
+/// Nodes of the cluster (their addresses are reserved, outside every pool here).
+pub const NODES: u64 = 500;
+/// VIPPool objects, one per group of namespaces, each its own /24 outside 10.0.0.0/8.
+pub const POOLS: u64 = 10;
+
+pub fn namespace_object(i: u64) -> Value {
+    let name = namespace(i);
+    json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": name, "labels": {
+            "kubernetes.io/metadata.name": name, "team-group": format!("g{}", i % POOLS)}}
+    })
+}
+
+/// A Node as `kubectl get node -o json` shows one, minus the image list.
+pub fn node(i: u64) -> Value {
+    let name = format!("worker-{i:04}");
+    let ip = format!("192.168.{}.{}", i / 250, 1 + i % 250);
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {
+            "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64", "node.kubernetes.io/instance-type": "m5.xlarge",
+            "topology.kubernetes.io/zone": format!("zone-{}", i % 3)}},
+        "spec": {"podCIDR": format!("100.64.{}.0/24", i % 250)},
+        "status": {
+            "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
+            "capacity": {"cpu": "4", "memory": "16Gi", "pods": "110"},
+            "allocatable": {"cpu": "3900m", "memory": "15Gi", "pods": "110"},
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                            "lastHeartbeatTime": "2025-05-01T10:00:00Z",
+                            "lastTransitionTime": "2025-05-01T09:00:00Z"}],
+            "nodeInfo": {"kubeletVersion": "v1.31.2", "containerRuntimeVersion": "containerd://1.7.22",
+                         "osImage": "Ubuntu 24.04 LTS", "kernelVersion": "6.8.0",
+                         "architecture": "amd64", "operatingSystem": "linux"}
+        }
+    })
+}
+
+/// The `default/kubernetes` EndpointSlice: the apiservers' addresses.
+pub fn endpoint_slice() -> Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "kubernetes", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "kubernetes"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["192.168.200.1"], "conditions": {"ready": true}}],
+        "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}]
+    })
+}
+
+/// `kube-public/cluster-info`: the control-plane VIP every kubeconfig points at.
+pub fn cluster_info() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "cluster-info", "namespace": "kube-public"},
+        "data": {"kubeconfig": "apiVersion: v1\nkind: Config\nclusters:\n- name: \"\"\n  cluster:\n    certificate-authority-data: \"\"\n    server: https://192.168.200.10:6443\n"}
+    })
+}
+
+/// Pool object `i`: a /24 of its own for one group of namespaces.
+pub fn vippool(i: u64) -> Value {
+    json!({
+        "apiVersion": "lb.kube-vip.io/v1alpha1", "kind": "VIPPool",
+        "metadata": {"name": format!("group-{i}")},
+        "spec": {"addresses": [format!("172.31.{i}.0/24")], "priority": i,
+                 "namespaceSelector": {"matchLabels": {"team-group": format!("g{i}")}}}
+    })
+}

@@ -168,7 +168,7 @@ impl Context {
             .map(|c| c.errors().iter().map(ToString::to_string).collect());
         match &errors {
             None => {
-                tracing::warn!(configmap = %name, "pool ConfigMap not found; no addresses will be allocated (it is never created by us)")
+                tracing::warn!(configmap = %name, "pool ConfigMap not found; addresses come from VIPPools only, if there are any (it is never created by us)")
             }
             Some(errs) => {
                 for e in errs {
@@ -207,7 +207,10 @@ impl Context {
     pub fn index_event(&self, ev: &watcher::Event<Service>, synced: &Synced) {
         match ev {
             watcher::Event::Init => lock(&self.listing).clear(),
-            watcher::Event::InitApply(svc) => lock(&self.listing).push(SvcInfo::from_service(svc)),
+            // Only the index reads the list: labels and the pool annotation are dropped.
+            watcher::Event::InitApply(svc) => {
+                lock(&self.listing).push(SvcInfo::from_service(svc).for_index())
+            }
             watcher::Event::InitDone => {
                 let listed = std::mem::take(&mut *lock(&self.listing));
                 // A relist (after a watch could not resume) replaces the whole view.
