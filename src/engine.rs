@@ -20,7 +20,7 @@ mod allocate;
 mod bounds;
 mod reserved;
 
-pub use bounds::{MAX_REQUESTED_ENTRIES, MAX_REQUESTED_LEN, check_bounds};
+pub use bounds::{MAX_QUOTED, MAX_REQUESTED_ENTRIES, MAX_REQUESTED_LEN, check_bounds};
 use bounds::{entries, field_name, limits, quoted};
 
 pub const DEFAULT_CLASS: &str = "kube-vip.io/kube-vip-class";

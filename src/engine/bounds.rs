@@ -18,7 +18,7 @@ pub const MAX_REQUESTED_ENTRIES: usize = 2;
 pub const MAX_REQUESTED_LEN: usize = 2 * 253 + 16;
 /// User input quoted in a message is cut to this many characters (messages stay readable, and
 /// an answer never carries back a large part of what it was sent).
-const MAX_QUOTED: usize = 80;
+pub const MAX_QUOTED: usize = 80;
 /// Why a Service we handle is refused before any decision: what it carries exceeds what a
 /// Service can legitimately have (names, ports, requested addresses). Cheap (no scan of
 /// anything unbounded), pure, and called outside the allocator lock; [`decide`] calls it too.

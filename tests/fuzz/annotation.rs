@@ -299,7 +299,12 @@ fn check(
         Outcome::Requested { ips: got } => {
             prop_assert_eq!(got, &ips);
             for e in &not_ips {
-                let named = format!("{e:?}");
+                // Quoted as the engine quotes user input: cut to MAX_QUOTED characters.
+                let shown: String = e
+                    .chars()
+                    .take(kube_vip_webhook::engine::MAX_QUOTED)
+                    .collect();
+                let named = format!("{shown:?}");
                 prop_assert!(
                     d.warnings.iter().any(|w| w.contains(&named)),
                     "entry {} admitted without a warning",
