@@ -4,6 +4,8 @@
 
 #[path = "support/hostile.rs"]
 mod hostile_support;
+#[path = "support/standalone.rs"]
+mod standalone;
 #[path = "support/tls.rs"]
 mod tls_support;
 
@@ -41,22 +43,7 @@ fn standalone_args(dir: &Path, extra: &[&str]) -> ServeArgs {
     let cm = dir.join("configmap.yaml");
     std::fs::write(&cm, CONFIGMAP).unwrap();
     let certs = dir.join("certs");
-    let mut argv: Vec<String> = [
-        "kube-vip-webhook",
-        "serve",
-        "--standalone",
-        "--configmap",
-        cm.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--cert-dir",
-        certs.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut argv = standalone::argv(&cm, &["--cert-dir", certs.to_str().unwrap()]);
     argv.extend(extra.iter().map(|s| s.to_string()));
     serve_args(&argv)
 }
@@ -251,24 +238,7 @@ async fn the_generated_key_is_private_and_links_are_not_followed() {
     std::fs::remove_dir_all(&certs).unwrap();
     std::os::unix::fs::symlink(&elsewhere, &certs).unwrap();
     let cm = dir.path().join("configmap.yaml");
-    let argv = |cert_dir: &Path| -> Vec<String> {
-        [
-            "kube-vip-webhook",
-            "serve",
-            "--standalone",
-            "--configmap",
-            cm.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--cert-dir",
-            cert_dir.to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
+    let argv = |cert_dir: &Path| standalone::argv(&cm, &["--cert-dir", cert_dir.to_str().unwrap()]);
     let err = kube_vip_webhook::cli::start(&serve_args(&argv(&certs)), Stop::default()).await;
     assert!(format!("{:#}", err.err().unwrap()).contains("symbolic link"));
     assert!(std::fs::read_dir(&elsewhere).unwrap().next().is_none());
@@ -290,20 +260,7 @@ async fn without_cert_dir_a_fresh_private_directory_is_used() {
     std::fs::create_dir(&victim).unwrap();
     let _ = std::fs::remove_file(&predictable);
     std::os::unix::fs::symlink(&victim, &predictable).unwrap();
-    let argv: Vec<String> = [
-        "kube-vip-webhook",
-        "serve",
-        "--standalone",
-        "--configmap",
-        cm.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let argv = standalone::argv(&cm, &[]);
     tls_support::install_provider();
     let running = kube_vip_webhook::cli::start(&serve_args(&argv), Stop::default())
         .await

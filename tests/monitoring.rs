@@ -14,6 +14,8 @@
 mod metrics;
 #[path = "support/monitoring.rs"]
 mod monitoring;
+#[path = "support/standalone.rs"]
+mod standalone;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -315,19 +317,7 @@ async fn standalone(dir: &Path) -> Running {
     let cm = dir.join("configmap.yaml");
     std::fs::write(&cm, TINY_POOL).unwrap();
     let certs = dir.join("certs");
-    let argv = [
-        "kube-vip-webhook",
-        "serve",
-        "--standalone",
-        "--configmap",
-        cm.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--cert-dir",
-        certs.to_str().unwrap(),
-    ];
+    let argv = standalone::argv(&cm, &["--cert-dir", certs.to_str().unwrap()]);
     let CliCommand::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
         unreachable!("serve was parsed")
     };

@@ -3,6 +3,8 @@
 //! the apiserver sends them. Every returned patch is applied to the sent object, as the apiserver
 //! would, and the result is checked.
 
+#[path = "support/standalone.rs"]
+mod standalone;
 #[path = "support/tls.rs"]
 mod tls_support;
 
@@ -84,20 +86,7 @@ impl Server {
         let cm = dir.path().join("configmap.yaml");
         std::fs::write(&cm, configmap).unwrap();
         let certs = dir.path().join("certs");
-        let mut argv: Vec<String> = [
-            "kube-vip-webhook",
-            "serve",
-            "--standalone",
-            "--configmap",
-            cm.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut argv = standalone::argv(&cm, &[]);
         if let Some(services) = services {
             let path = dir.path().join("services.yaml");
             std::fs::write(&path, services).unwrap();
