@@ -191,13 +191,7 @@ impl Context {
             && !errs.is_empty()
         {
             let note = format!("{} bad entries ignored: {}", errs.len(), errs.join("; "));
-            let ev = Event {
-                type_: EventType::Warning,
-                reason: "InvalidConfiguration".into(),
-                note: Some(truncated(note)),
-                action: "ParseConfig".into(),
-                secondary: None,
-            };
+            let ev = warning("InvalidConfiguration", "ParseConfig", note);
             self.event(&cm.object_ref(&()), ev);
         }
         self.wake_waiting();
@@ -263,15 +257,10 @@ impl Context {
                     namespace: Some(ns.into()),
                     ..Default::default()
                 };
-                let ev = Event {
-                    type_: EventType::Warning,
-                    reason: "AddressConflict".into(),
-                    note: Some(format!(
-                        "address {ip} is also used by Service {against} with a clashing port/protocol; neither is moved"
-                    )),
-                    action: "CheckAddress".into(),
-                    secondary: None,
-                };
+                let note = format!(
+                    "address {ip} is also used by Service {against} with a clashing port/protocol; neither is moved"
+                );
+                let ev = warning("AddressConflict", "CheckAddress", note);
                 self.event(&reference, ev);
             }
         }
@@ -289,6 +278,17 @@ async fn publish(recorder: &Recorder, metrics: &Metrics, reference: &ObjectRefer
         Err(_) => {
             tracing::warn!(object = ?reference.name, reason = %ev.reason, "publishing an Event timed out")
         }
+    }
+}
+
+/// A Warning Event (every Warning we send is a new Event; the note is cut to what it may hold).
+pub fn warning(reason: &str, action: &str, note: String) -> Event {
+    Event {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        note: Some(truncated(note)),
+        action: action.into(),
+        secondary: None,
     }
 }
 

@@ -15,10 +15,9 @@ use futures::{Stream, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
-use kube::runtime::events::{Event, EventType};
 use kube::runtime::{WatchStreamExt, watcher};
 
-use super::context::{Context, Synced, lock, truncated};
+use super::context::{Context, Synced, lock, warning};
 use super::infra_state::{Infra, MAX_REPORTED_CONFLICTS};
 use crate::reserved::objects::{
     self, CLUSTER_INFO_NAME, CLUSTER_INFO_NAMESPACE, KUBERNETES_NAMESPACE, KUBERNETES_SERVICE,
@@ -73,17 +72,12 @@ impl Infra {
                 namespace: Some(c.service.namespace.clone()),
                 ..Default::default()
             };
-            let ev = Event {
-                type_: EventType::Warning,
-                reason: "AddressConflict".into(),
-                note: Some(truncated(format!(
-                    "address {} of this Service is also {}, which the network already uses; \
-                     nothing is moved: give the Service another address",
-                    c.address, c.owner
-                ))),
-                action: "CheckReservedAddress".into(),
-                secondary: None,
-            };
+            let note = format!(
+                "address {} of this Service is also {}, which the network already uses; \
+                 nothing is moved: give the Service another address",
+                c.address, c.owner
+            );
+            let ev = warning("AddressConflict", "CheckReservedAddress", note);
             ctx.event(&reference, ev);
         }
     }
@@ -124,14 +118,7 @@ impl Infra {
             namespace: Some(namespace.into()),
             ..Default::default()
         };
-        let ev = Event {
-            type_: EventType::Warning,
-            reason: RESERVED_IN_POOL.into(),
-            note: Some(truncated(note)),
-            action: "CheckPools".into(),
-            secondary: None,
-        };
-        ctx.event(&reference, ev);
+        ctx.event(&reference, warning(RESERVED_IN_POOL, "CheckPools", note));
     }
 
     fn changed(&self, ctx: &Context, change: ReservedChange) {

@@ -21,7 +21,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 
-use super::context::{Context, MANAGER, Synced, lock, truncated};
+use super::context::{Context, MANAGER, Synced, lock, warning};
 use crate::pools::crd::{API_VERSION, KIND};
 use crate::pools::status::{Counts, desired};
 use crate::pools::{ObjectPool, PoolSet, VIPPool, VIPPoolStatus, parse_object};
@@ -218,14 +218,10 @@ fn invalid(ctx: &Context, pool: &ObjectPool) {
         tracing::warn!(pool = %pool.name, "VIPPool error: {e}");
     }
     let note = format!("{} entries ignored: {}", list.len(), list.join("; "));
-    let ev = Event {
-        type_: EventType::Warning,
-        reason: "InvalidConfiguration".into(),
-        note: Some(truncated(note)),
-        action: "ParseConfig".into(),
-        secondary: None,
-    };
-    ctx.event(&reference(pool), ev);
+    ctx.event(
+        &reference(pool),
+        warning("InvalidConfiguration", "ParseConfig", note),
+    );
 }
 
 /// A deleted pool keeps the addresses it gave out: said in an Event (and the log).

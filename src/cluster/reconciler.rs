@@ -23,7 +23,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::context::{Context, MANAGER, Synced, lock, truncated};
+use super::context::{Context, MANAGER, Synced, lock, warning};
 use super::watches::service_stream;
 use crate::engine::{Changes, Outcome};
 use crate::service::SvcInfo;
@@ -177,7 +177,7 @@ async fn reconcile(svc: Arc<Service>, r: Arc<Reconciler>) -> Result<Action, Reco
             ctx.metrics.inc_reconcile("no_address");
             if ctx.failure_changed(&obj, why) {
                 tracing::info!(service = %obj, reason = %why, "no address; waiting for one to free up");
-                let ev = warning("AllocationFailed", why.clone());
+                let ev = warning("AllocationFailed", "Allocate", why.clone());
                 ctx.event(&reference, ev);
             }
             return Ok(Action::await_change());
@@ -227,7 +227,7 @@ async fn reconcile(svc: Arc<Service>, r: Arc<Reconciler>) -> Result<Action, Reco
                 let why = format!("the apiserver refused our write of the address annotation: {e}");
                 tracing::warn!(service = %obj, error = %e, "write refused; not retrying until the Service changes");
                 if ctx.failure_changed(&obj, &why) {
-                    ctx.event(&reference, warning("AllocationFailed", why));
+                    ctx.event(&reference, warning("AllocationFailed", "Allocate", why));
                 }
                 Ok(Action::await_change())
             }
@@ -257,16 +257,6 @@ async fn reconcile(svc: Arc<Service>, r: Arc<Reconciler>) -> Result<Action, Reco
     };
     ctx.event(&reference, ev);
     Ok(Action::await_change())
-}
-
-fn warning(reason: &str, note: String) -> Event {
-    Event {
-        type_: EventType::Warning,
-        reason: reason.into(),
-        note: Some(truncated(note)),
-        action: "Allocate".into(),
-        secondary: None,
-    }
 }
 
 /// The changes as a JSON merge patch guarded by `resourceVersion` (stale -> 409 Conflict).

@@ -86,15 +86,7 @@ pub fn ip(s: &str) -> IpAddr {
 
 /// [`decide`], then the Service holds what it got, as the Service watch would report it.
 pub fn admit(a: &Allocator, s: &SvcInfo) -> Decision {
-    let d = a.admit(
-        Request {
-            id: &format!("uid-{}-{}", s.namespace, s.name),
-            svc: s,
-            old: None,
-            dry_run: false,
-        },
-        Instant::now(),
-    );
+    let d = decide(a, s);
     if let Outcome::Allocated { ips, .. } = &d.outcome {
         // Held from now on, as the Service watch would report it.
         let mut held = s.clone();
