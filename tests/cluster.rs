@@ -553,6 +553,11 @@ async fn only_the_lease_holder_reconciles_and_a_standby_takes_over() {
         annotation_of(&fake, "l", "first")
     })
     .await;
+    // The Event is posted after the patch that annotates: wait for it, do not race it.
+    eventually("IPAllocated recorded", || async {
+        (!events(&fake, "l", "IPAllocated").is_empty()).then_some(())
+    })
+    .await;
     let reporters: HashSet<String> = events(&fake, "l", "IPAllocated")
         .into_iter()
         .filter_map(|e| e.reporting_instance)
