@@ -82,6 +82,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     pub header_read_timeout: Duration,
     pub h2_max_concurrent_streams: u32,
+    pub h2_keepalive_interval: Duration,
+    pub h2_keepalive_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -93,6 +95,8 @@ impl Default for Limits {
             idle_timeout: IDLE_TIMEOUT,
             header_read_timeout: HEADER_READ_TIMEOUT,
             h2_max_concurrent_streams: H2_MAX_CONCURRENT_STREAMS,
+            h2_keepalive_interval: H2_KEEPALIVE_INTERVAL,
+            h2_keepalive_timeout: H2_KEEPALIVE_TIMEOUT,
         }
     }
 }
@@ -147,8 +151,8 @@ fn http_builder(limits: &Limits) -> Builder<TokioExecutor> {
         .initial_stream_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONNECTION_WINDOW)
         .max_header_list_size(H2_MAX_HEADER_LIST)
-        .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT);
+        .keep_alive_interval(limits.h2_keepalive_interval)
+        .keep_alive_timeout(limits.h2_keepalive_timeout);
     builder
 }
 

@@ -693,3 +693,70 @@ async fn every_metric_the_alerts_and_dashboard_use_is_exported() {
         "not in /metrics: {missing:#?}\nexported: {exported:#?}"
     );
 }
+
+/// The status writer's bounds: with more pools needing a status than one round may write, each
+/// round writes at most `MAX_STATUS_WRITES_PER_ROUND`, rounds are `STATUS_INTERVAL` apart, and
+/// the pools left over are written in later rounds (none is lost to the limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_status_writes_are_rate_limited_and_none_is_lost() {
+    use kube_vip_webhook::cluster::pools::{MAX_STATUS_WRITES_PER_ROUND, STATUS_INTERVAL};
+
+    let pools = MAX_STATUS_WRITES_PER_ROUND + 5; // two rounds
+    let fake = FakeApiServer::new();
+    fake.insert(&configmap(&[("range-global", "10.0.0.1-10.0.0.2")]))
+        .unwrap();
+    fake.register_resource(
+        ResourceDef::new("lb.kube-vip.io", "v1alpha1", "vippools", "VIPPool", false)
+            .with_status(None),
+    );
+    let names: Vec<String> = (0..pools).map(|i| format!("pool-{i:03}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let spec: VIPPoolSpec =
+            serde_json::from_value(json!({"addresses": [format!("10.9.{i}.0/30")]})).unwrap();
+        fake.insert(&VIPPool::new(name, spec)).unwrap();
+    }
+    let c = start(fake, &[]).await;
+    ready(&c).await;
+    eventually("every pool to have a status", || async {
+        names
+            .iter()
+            .all(|n| {
+                c.fake
+                    .get::<VIPPool>(None, n)
+                    .and_then(|p| p.status?.ipv4)
+                    .is_some()
+            })
+            .then_some(())
+    })
+    .await;
+    let mut writes: Vec<Instant> = c
+        .fake
+        .request_log()
+        .into_iter()
+        .filter(|r| {
+            r.verb.as_deref() == Some("patch")
+                && r.resource.as_deref() == Some("vippools")
+                && r.subresource.as_deref() == Some("status")
+        })
+        .map(|r| r.at)
+        .collect();
+    writes.sort();
+    assert!(writes.len() >= pools, "{} writes", writes.len());
+    // Lower bounds only (a slow machine spreads the writes further, never closer): the first
+    // round ends with its limit, and the last write is at least one interval after the first.
+    let first = writes[0];
+    let in_first_half_interval = writes
+        .iter()
+        .filter(|t| t.duration_since(first) < STATUS_INTERVAL / 2)
+        .count();
+    assert!(
+        in_first_half_interval <= MAX_STATUS_WRITES_PER_ROUND,
+        "{in_first_half_interval} writes in the first round"
+    );
+    let spread = writes[writes.len() - 1].duration_since(first);
+    assert!(
+        spread >= STATUS_INTERVAL,
+        "{pools} pools written within {spread:?}"
+    );
+    drop(c);
+}

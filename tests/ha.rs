@@ -304,3 +304,51 @@ async fn a_failed_forward_reads_the_lease_again_and_reaches_the_new_leader() {
         .expect_err("nobody to forward to");
     assert!(err.to_string().contains(&stale.to_string()), "{err}");
 }
+
+/// The forwarder reads its CA file again when it changes (a CA rotation): a forward that fails
+/// against the old CA succeeds with the same forwarder once the file holds the leader's CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forwarder_follows_a_rotated_ca_file() {
+    use kube_vip_webhook::forward::Forwarder;
+    use kube_vip_webhook::leadership::Leadership;
+    use kube_vip_webhook::tls::CaSource;
+
+    let fake = cluster();
+    let certs = replica::certs();
+    let http = reviews::client(&certs.ca_pem);
+    let a = replica::start(fake.client(), &replica::args(&certs, "a", &[])).await;
+    eventually("a to allocate", || async {
+        allocates(&http, a.webhook_addr).await.then_some(())
+    })
+    .await;
+    let foreign = replica::certs();
+    let ca_file = foreign.dir.path().join("forwarder-ca.crt");
+    std::fs::write(&ca_file, &foreign.ca_pem).expect("write CA");
+    let leadership = Leadership::elected(None);
+    leadership.follow(Some(a.webhook_addr.to_string()));
+    let forwarder = Forwarder::new(
+        leadership,
+        CaSource::File(ca_file.clone()),
+        "kube-vip-webhook.kube-system.svc".into(),
+        None,
+        None,
+    );
+    let review = serde_json::to_vec(&reviews::create("rotate", "p", "r", true)).expect("json");
+
+    let err = forwarder
+        .forward(review.clone().into())
+        .await
+        .expect_err("the leader's certificate is not signed by the CA in the file");
+    assert!(
+        err.to_string().contains(&a.webhook_addr.to_string()),
+        "{err}"
+    );
+
+    std::fs::write(&ca_file, &certs.ca_pem).expect("rotate CA");
+    let answer = forwarder
+        .forward(review.into())
+        .await
+        .expect("forwarded with the rotated CA");
+    let answer: serde_json::Value = serde_json::from_slice(&answer).expect("review answer");
+    assert!(reviews::address(&answer).is_some(), "{answer}");
+}

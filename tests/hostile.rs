@@ -563,6 +563,148 @@ async fn http2_streams_beyond_the_limit_are_refused() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Oversized headers and silent HTTP/2 peers
+
+/// A complete admission (it would reserve an address) whose head is over the limits: HTTP/1
+/// beyond `H1_MAX_BUF`, HTTP/2 beyond `H2_MAX_HEADER_LIST`. Neither reaches the handler, and
+/// the server goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_headers_are_refused_before_the_handler() {
+    use kube_vip_webhook::server::{H1_MAX_BUF, H2_MAX_HEADER_LIST};
+    use tokio::io::AsyncReadExt;
+
+    let target = Target::start("10.0.0.0/24", Quotas::default(), Limits::default()).await;
+    let review = serde_json::to_vec(&create(&service("default", "big", &[(80, "TCP")], None)))
+        .expect("review JSON");
+
+    // HTTP/1: one header larger than the whole read buffer.
+    let mut h1 = tls_support_connect(&target).await;
+    let pad = "a".repeat(H1_MAX_BUF + 1024);
+    let head = format!(
+        "POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         X-Pad: {pad}\r\nContent-Length: {}\r\n\r\n",
+        review.len()
+    );
+    // The server may close while we still write: only what it answers matters.
+    let _ = h1.write_all(head.as_bytes()).await;
+    let _ = h1.write_all(&review).await;
+    let _ = h1.flush().await;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match patiently(h1.read(&mut buf)).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 431"),
+        "a head over {H1_MAX_BUF} bytes: {text}"
+    );
+    assert_eq!(target.allocator.reservations(), 0, "the handler never ran");
+
+    // HTTP/2: a header list over the limit (each entry counts name + value + 32 octets).
+    let mut h2 = tls_support_connect(&target).await;
+    send(&mut h2, PREFACE).await;
+    send(&mut h2, &frame(SETTINGS, 0, 0, &[])).await;
+    let mut list = vec![
+        (":method", "POST".to_string()),
+        (":scheme", "https".to_string()),
+        (":path", "/mutate".to_string()),
+        (":authority", "kube-vip-webhook.kube-system.svc".to_string()),
+        ("content-type", "application/json".to_string()),
+        ("content-length", review.len().to_string()),
+    ];
+    let value = "v".repeat(110);
+    let names: Vec<String> = (0..120).map(|i| format!("x-pad-{i:03}")).collect();
+    list.extend(names.iter().map(|n| (n.as_str(), value.clone())));
+    let size: usize = list.iter().map(|(n, v)| n.len() + v.len() + 32).sum();
+    assert!(size > H2_MAX_HEADER_LIST as usize, "{size}");
+    let pairs: Vec<(&str, &str)> = list.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let block = hpack(&pairs);
+    assert!(block.len() <= 16_384, "fits one frame of the default size");
+    send(&mut h2, &frame(HEADERS, END_HEADERS, 1, &block)).await;
+    send(&mut h2, &frame(DATA, END_STREAM, 1, &review)).await;
+    // Refused: a 431 response, a reset of the stream, or the connection sent away.
+    let refused = loop {
+        match patiently(read_frame(&mut h2)).await {
+            Ok(f) if f.kind == HEADERS && f.stream == 1 => break is_status_431(&f.payload),
+            Ok(f) if f.kind == RST_STREAM && f.stream == 1 => break true,
+            Ok(f) if f.kind == GOAWAY => break true,
+            Ok(f) if f.kind == DATA && f.stream == 1 => break false,
+            Ok(_) => {}
+            Err(_) => break true,
+        }
+    };
+    assert!(refused, "a header list of {size} octets was served");
+    assert_eq!(target.allocator.reservations(), 0, "the handler never ran");
+
+    let client = target.client();
+    assert!(
+        patiently(legit_create(&client, target.addr, "default", "after"))
+            .await
+            .is_some()
+    );
+    target.stop().await;
+}
+
+/// Whether an HPACK block is `:status: 431` (indexed name, value plain or Huffman-coded, as
+/// h2 sends it).
+fn is_status_431(block: &[u8]) -> bool {
+    const HUFFMAN_431: [u8; 3] = [0x69, 0x90, 0xff];
+    let [first, len, value @ ..] = block else {
+        return false;
+    };
+    // Literal without / never indexed (4-bit name index) or with incremental indexing (6-bit).
+    let name = match first >> 4 {
+        0 | 1 => first & 0x0f,
+        4..=7 => first & 0x3f,
+        _ => return false,
+    };
+    let (huffman, n) = (len & 0x80 != 0, usize::from(len & 0x7f));
+    let Some(value) = value.get(..n) else {
+        return false;
+    };
+    // Static table entries 8..=14 are `:status`.
+    (8..=14).contains(&name) && value == if huffman { &HUFFMAN_431[..] } else { b"431" }
+}
+
+/// An HTTP/2 peer that stops answering PINGs (a vanished apiserver behind a half-open TCP
+/// connection) is dropped after the keepalive interval and timeout, long before the idle or
+/// first-request timeouts would close it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_peers_that_do_not_answer_pings_are_dropped() {
+    let limits = Limits {
+        h2_keepalive_interval: Duration::from_secs(1),
+        h2_keepalive_timeout: Duration::from_secs(1),
+        // Longer than PATIENCE: only the keepalive can close this connection within the test.
+        first_request_timeout: 2 * PATIENCE,
+        idle_timeout: 2 * PATIENCE,
+        ..Limits::default()
+    };
+    let target = Target::start("10.0.0.0/24", Quotas::default(), limits).await;
+    let mut conn = tls_support_connect(&target).await;
+    send(&mut conn, PREFACE).await;
+    send(&mut conn, &frame(SETTINGS, 0, 0, &[])).await;
+    let mut pinged = false;
+    let closed = loop {
+        match patiently(read_frame(&mut conn)).await {
+            Ok(f) if f.kind == SETTINGS && f.flags & ACK == 0 => {
+                send(&mut conn, &frame(SETTINGS, ACK, 0, &[])).await;
+            }
+            // Never answered.
+            Ok(f) if f.kind == PING && f.flags & ACK == 0 => pinged = true,
+            Ok(f) if f.kind == GOAWAY => break true,
+            Ok(_) => {}
+            Err(_) => break true,
+        }
+    };
+    assert!(pinged && closed, "pinged {pinged}, closed {closed}");
+    target.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Flags
 
 #[test]

@@ -596,6 +596,7 @@ fn record(
         subresource: None,
         namespace: namespace.map(str::to_string),
         name: name.map(str::to_string),
+        at: std::time::Instant::now(),
     }
 }
 

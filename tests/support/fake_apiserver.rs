@@ -112,6 +112,8 @@ pub struct RequestRecord {
     pub subresource: Option<String>,
     pub namespace: Option<String>,
     pub name: Option<String>,
+    /// When the fake received it (for tests of rate limits).
+    pub at: std::time::Instant,
 }
 
 /// Selects requests for fault injection and counting. Every field set must match.

@@ -301,6 +301,7 @@ fn record_of(
         subresource: None,
         namespace: None,
         name: None,
+        at: std::time::Instant::now(),
     };
     if let Route::Resource(t) = route {
         r.verb = verb_of(method, t, params.flag("watch")).map(str::to_string);
