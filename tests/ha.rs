@@ -352,3 +352,31 @@ async fn the_forwarder_follows_a_rotated_ca_file() {
     let answer: serde_json::Value = serde_json::from_slice(&answer).expect("review answer");
     assert!(reviews::address(&answer).is_some(), "{answer}");
 }
+
+/// A leader renews once per retry period: its own renewal, seen on the Lease watch, must not
+/// wake it to renew again at once (that would write the Lease as fast as the apiserver answers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_renews_once_per_retry_period() {
+    let fake = cluster();
+    let certs = replica::certs();
+    let http = reviews::client(&certs.ca_pem);
+    let a = replica::start(fake.client(), &replica::args(&certs, "a", &[])).await;
+    eventually("a to allocate", || async {
+        allocates(&http, a.webhook_addr).await.then_some(())
+    })
+    .await;
+    let lease_writes = || {
+        fake.count_requests(
+            &Matcher::any()
+                .resource("leases")
+                .method(axum::http::Method::PUT),
+        )
+    };
+    let before = lease_writes();
+    let span = replica::RETRY_PERIOD * 4;
+    tokio::time::sleep(span).await;
+    let writes = lease_writes() - before;
+    // One per retry period, and one more if a period boundary falls at each end of the span.
+    assert!(writes <= 5, "{writes} Lease writes in {span:?}");
+    assert!(writes >= 1, "the leader renewed");
+}

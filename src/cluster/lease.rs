@@ -92,6 +92,7 @@ pub async fn run(
     let watch_task = tokio::spawn(wake_on_change(
         api.clone(),
         settings.name.clone(),
+        settings.identity.clone(),
         changed.clone(),
     ));
     let mut elector = Elector {
@@ -123,12 +124,27 @@ pub async fn run(
     Ok(())
 }
 
-/// Any change of the Lease wakes the loop (a release is taken at once, not at the next poll).
-async fn wake_on_change(api: Api<Lease>, name: String, changed: std::sync::Arc<Notify>) {
+/// A change of the Lease by someone else wakes the loop (a release is taken at once, not at the
+/// next poll). Our own writes do not: a leader woken by its own renewal would renew again at
+/// once, writing the Lease as fast as the apiserver answers instead of once per retry period.
+async fn wake_on_change(
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+    changed: std::sync::Arc<Notify>,
+) {
     let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut events = std::pin::pin!(watcher(api, cfg));
+    let ours = |lease: &Lease| {
+        lease
+            .spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.as_deref())
+            == Some(identity.as_str())
+    };
     while let Some(ev) = events.next().await {
         match ev {
+            Ok(watcher::Event::Apply(lease)) if ours(&lease) => {}
             Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => changed.notify_one(),
             Ok(_) => {}
             // The watcher retries by itself; the poll covers the gap.

@@ -9,6 +9,9 @@ use kube_vip_webhook::cli::{Cli, Command, ServeArgs};
 use kube_vip_webhook::serve::{Running, Stop};
 
 /// Short election timings: lease 4 s, renew deadline 2 s, retry 1 s, no takeover grace.
+/// `--retry-period-seconds` of [`FAST_LEASE`].
+pub const RETRY_PERIOD: Duration = Duration::from_secs(1);
+
 pub const FAST_LEASE: [&str; 8] = [
     "--lease-duration-seconds",
     "4",
