@@ -1,6 +1,7 @@
 //! Failover on a real kube-apiserver (envtest): three replicas of the real binary behind a
 //! round-robin TCP proxy (what a Service does), the shipped registration pointing at the proxy,
-//! and the leader killed (SIGKILL) or stopped (SIGTERM) in the middle of 300 concurrent creates.
+//! and the leader killed (SIGKILL) or stopped (SIGTERM) in the middle of 300 concurrent creates;
+//! and what idle replicas cost the apiserver.
 //!
 //! Skips unless `KUBEBUILDER_ASSETS` points at kube-apiserver and etcd.
 
@@ -291,4 +292,100 @@ async fn only_the_leader_honours_the_forwarded_marker() {
             assert_eq!(reserved, Some(0.0), "a follower reserved");
         }
     }
+}
+
+/// Writes per (verb, resource) the apiserver has served, from its own `/metrics`.
+async fn apiserver_writes(client: &kube::Client) -> HashMap<(String, String), f64> {
+    let req = http::Request::get("/metrics")
+        .body(Vec::new())
+        .expect("request");
+    let text = client.request_text(req).await.expect("apiserver /metrics");
+    let mut writes = HashMap::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let label = |name: &str| {
+            let start = line.find(&format!("{name}=\""))? + name.len() + 2;
+            let len = line[start..].find('"')?;
+            Some(line[start..start + len].to_string())
+        };
+        let (Some(verb), Some(resource)) = (label("verb"), label("resource")) else {
+            continue;
+        };
+        if !matches!(verb.as_str(), "POST" | "PUT" | "PATCH" | "DELETE" | "APPLY") {
+            continue;
+        }
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        *writes.entry((verb, resource)).or_default() += value;
+    }
+    writes
+}
+
+/// Three idle replicas cost the apiserver one Lease renewal per retry period and nothing else:
+/// no Service, Event, ConfigMap, Secret, registration or pool writes, and no Lease churn (the
+/// leader used to be woken by its own renewal and renew again at once, hundreds of times a
+/// second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_replicas_write_only_their_lease_renewals() {
+    /// The shipped default (`--retry-period-seconds`).
+    const RETRY_PERIOD: Duration = Duration::from_secs(2);
+    const WINDOW: Duration = Duration::from_secs(10);
+    let _serial = SERIAL.lock().await;
+    let Some(ha) = three_replicas("ha-idle").await else {
+        return;
+    };
+    let _ = ha.leader().await;
+    let leases: Api<Lease> = Api::namespaced(ha.t.client.clone(), &ha.t.ns);
+    let cfg = watcher::Config::default().fields("metadata.name=kube-vip-webhook");
+    let renewals = Arc::new(AtomicUsize::new(0));
+    let counting = renewals.clone();
+    let (listed_tx, listed) = tokio::sync::oneshot::channel();
+    let watch = tokio::spawn(async move {
+        let mut events = std::pin::pin!(watcher(leases, cfg));
+        let mut listed_tx = Some(listed_tx);
+        while let Some(ev) = events.next().await {
+            match ev {
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(tx) = listed_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(watcher::Event::Apply(_)) => {
+                    counting.fetch_add(1, Ordering::SeqCst);
+                }
+                _ => {}
+            }
+        }
+    });
+    listed.await.expect("Lease watch listed");
+    let before = apiserver_writes(&ha.t.client).await;
+    tokio::time::sleep(WINDOW).await;
+    let after = apiserver_writes(&ha.t.client).await;
+    let renewed = renewals.load(Ordering::SeqCst);
+    watch.abort();
+    let most = (WINDOW.as_secs() / RETRY_PERIOD.as_secs() + 1) as usize;
+    assert!(
+        (1..=most).contains(&renewed),
+        "{renewed} changes of the Lease in {WINDOW:?} (one renewal per {RETRY_PERIOD:?})"
+    );
+    // Leases are left out: the apiserver renews its own identity Lease too.
+    let ours = [
+        "services",
+        "events",
+        "configmaps",
+        "secrets",
+        "mutatingwebhookconfigurations",
+        "vippools",
+    ];
+    let written: Vec<_> = after
+        .iter()
+        .filter(|((_, resource), _)| ours.contains(&resource.as_str()))
+        .filter(|(k, v)| **v > before.get(*k).copied().unwrap_or(0.0))
+        .collect();
+    assert!(written.is_empty(), "writes while idle: {written:?}");
 }
