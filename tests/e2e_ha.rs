@@ -389,3 +389,47 @@ async fn idle_replicas_write_only_their_lease_renewals() {
         .collect();
     assert!(written.is_empty(), "writes while idle: {written:?}");
 }
+
+/// An address given at admission costs the apiserver nothing beyond the create itself: no
+/// reconciler patch, no Event, whichever replica the create reaches (followers forward).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admissions_cost_the_apiserver_no_write_beyond_the_create() {
+    const SERVICES: usize = 50;
+    /// Time for any write that would follow the creates (reconciler, Events) to show up.
+    const AFTERMATH: Duration = Duration::from_secs(3);
+    let _serial = SERIAL.lock().await;
+    let Some(ha) = three_replicas("ha-cost").await else {
+        return;
+    };
+    let _ = ha.leader().await;
+    let before = apiserver_writes(&ha.t.client).await;
+    for i in 0..SERVICES {
+        let created =
+            ha.t.services()
+                .create(&PostParams::default(), &lb(&format!("c{i}"), 80))
+                .await
+                .expect("create");
+        assert!(
+            annotation(&created).is_some(),
+            "c{i} created without an address"
+        );
+    }
+    tokio::time::sleep(AFTERMATH).await;
+    let after = apiserver_writes(&ha.t.client).await;
+    let grew = |verb: &str, resource: &str| {
+        let key = (verb.to_string(), resource.to_string());
+        after.get(&key).copied().unwrap_or(0.0) - before.get(&key).copied().unwrap_or(0.0)
+    };
+    assert_eq!(grew("POST", "services"), SERVICES as f64);
+    // Leases are renewals; the apiserver itself may touch its `default/kubernetes` endpoints.
+    let extra: Vec<_> = after
+        .keys()
+        .filter(|(verb, resource)| {
+            !matches!(resource.as_str(), "leases" | "endpoints")
+                && !(verb == "POST" && resource == "services")
+        })
+        .map(|(verb, resource)| (verb, resource, grew(verb, resource)))
+        .filter(|(_, _, n)| *n > 0.0)
+        .collect();
+    assert!(extra.is_empty(), "writes besides the creates: {extra:?}");
+}
