@@ -760,3 +760,37 @@ async fn pool_status_writes_are_rate_limited_and_none_is_lost() {
     );
     drop(c);
 }
+
+/// The big lists (Services, Nodes) are read in pages: never one response of every object, which
+/// kube's client would buffer whole (twice) before decoding. kube-apiserver ignores `limit` for
+/// lists at `resourceVersion=0` (the fake does too), so this also checks that we never send one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_and_nodes_are_listed_in_pages() {
+    use k8s_openapi::api::core::v1::Node;
+    use kube_vip_webhook::cluster::LIST_PAGE_SIZE;
+
+    let many = 2 * LIST_PAGE_SIZE as usize + 1;
+    let fake = FakeApiServer::new();
+    fake.insert(&configmap(&[("cidr-global", "10.0.0.0/16")]))
+        .unwrap();
+    for i in 0..many {
+        let ip = format!("10.0.{}.{}", i / 250, i % 250 + 1);
+        fake.insert(&lb("p", &format!("s{i}"), 80, Some(&ip)))
+            .unwrap();
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": format!("n{i}")},
+            "status": {"addresses": [
+                {"type": "InternalIP", "address": format!("10.9.{}.{}", i / 250, i % 250 + 1)}
+            ]}
+        }))
+        .unwrap();
+        fake.insert(&node).unwrap();
+    }
+    let c = start(fake, &[]).await;
+    ready(&c).await;
+    let largest = c.fake.largest_list_response();
+    assert!(
+        largest <= LIST_PAGE_SIZE as usize,
+        "a LIST response carried {largest} objects ({many} Services and {many} Nodes stored)"
+    );
+}

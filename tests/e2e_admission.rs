@@ -336,6 +336,40 @@ async fn the_apiserver_answers_stale_writes_409_and_invalid_ones_422() {
     assert_eq!(code(invalid), 422);
 }
 
+/// Why our watches list in pages from etcd rather than from the watch cache: kube-apiserver 1.28
+/// serves `resourceVersion=0` from its cache and ignores `limit` there, so such a list of 100k
+/// Services is one response of hundreds of MB, which kube's client buffers whole (twice). The
+/// fake apiserver does the same (`tests/fake_apiserver.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apiserver_ignores_limit_for_lists_at_resource_version_0() {
+    let Some(t) = E2e::new("rv0").await else {
+        return;
+    };
+    let api = t.services();
+    for i in 0..6 {
+        api.create(&PostParams::default(), &lb(&format!("s{i}"), 80))
+            .await
+            .expect("create");
+    }
+    let list = |query: &str| {
+        let req = http::Request::get(format!("/api/v1/namespaces/{}/services?{query}", t.ns))
+            .body(Vec::new())
+            .expect("request");
+        let client = t.client.clone();
+        async move {
+            let v: serde_json::Value = client.request(req).await.expect("list");
+            let items = v["items"].as_array().map_or(0, Vec::len);
+            (items, v["metadata"]["continue"].is_string())
+        }
+    };
+    assert_eq!(list("limit=2").await, (2, true), "paged from etcd");
+    assert_eq!(
+        list("limit=2&resourceVersion=0").await,
+        (6, false),
+        "whole, from the watch cache"
+    );
+}
+
 /// A write the apiserver refuses for good (here: annotations over the 256 KiB limit once ours is
 /// added) is not retried in a loop; its address is free again at once (not after the TTL), and
 /// an Event says why.

@@ -186,6 +186,31 @@ async fn reflector_syncs_paginated_list_then_follows_handle_and_api_changes() {
     );
 }
 
+/// As kube-apiserver 1.28 (checked there by `e2e_admission`): a list at `resourceVersion=0`
+/// comes from the watch cache whole, `limit` ignored; without it, in pages.
+#[tokio::test]
+async fn a_list_at_resource_version_0_ignores_limit() {
+    let fake = FakeApiServer::new();
+    for i in 0..6 {
+        fake.insert(&svc("a", &format!("s{i}"))).unwrap();
+    }
+    let client = fake.client();
+    let list = |query: &str| {
+        let req = http::Request::get(format!("/api/v1/namespaces/a/services?{query}"))
+            .body(Vec::new())
+            .unwrap();
+        let client = client.clone();
+        async move {
+            let v: serde_json::Value = client.request(req).await.unwrap();
+            let items = v["items"].as_array().map_or(0, Vec::len);
+            (items, v["metadata"]["continue"].is_string())
+        }
+    };
+    assert_eq!(list("limit=2").await, (2, true));
+    assert_eq!(list("limit=2&resourceVersion=0").await, (6, false));
+    assert_eq!(fake.largest_list_response(), 6);
+}
+
 #[tokio::test]
 async fn dropped_watch_resumes_from_last_resource_version_without_relisting() {
     let fake = FakeApiServer::new();

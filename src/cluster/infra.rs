@@ -148,7 +148,11 @@ pub async fn run(ctx: std::sync::Arc<Context>, synced: Synced, stop: Stop) -> an
     let infra = &ctx.infra;
     let nodes = {
         let api: Api<LeanNode> = Api::all(ctx.client.clone());
-        watcher(api, watcher::Config::default().any_semantic()).default_backoff()
+        watcher(
+            api,
+            watcher::Config::default().page_size(super::LIST_PAGE_SIZE),
+        )
+        .default_backoff()
     };
     let slices = {
         let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), KUBERNETES_NAMESPACE);

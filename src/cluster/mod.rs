@@ -41,6 +41,12 @@ use context::{Context, Synced};
 /// Bound on each request the background tasks send (reconciler patches, Events): a hung
 /// apiserver connection must not stall them (kube's client has no read timeout of its own).
 pub const API_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Objects per LIST page of the Service and Node watches. Big lists must come in pages: kube's
+/// client buffers a response whole (twice) before decoding, at 100k Services hundreds of MB.
+/// Pages are read from etcd: kube-apiserver ignores `limit` at `resourceVersion=0` (served whole
+/// from its watch cache), so a paged list must not ask for that (kube-core drops it when a limit
+/// is set). 500 is kube's and client-go's default page.
+pub const LIST_PAGE_SIZE: u32 = 500;
 
 /// How the webhook gets its serving certificate.
 #[derive(Clone, Debug)]

@@ -435,3 +435,35 @@ where
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(addresses: &[&str], generation: i64) -> VIPPool {
+        let spec = serde_json::from_value(json!({ "addresses": addresses })).expect("spec");
+        let mut p = VIPPool::new("p", spec);
+        p.metadata.generation = Some(generation);
+        p
+    }
+
+    /// One parse per change of spec or generation; a status write (ours, every few seconds)
+    /// reuses the parse.
+    #[test]
+    fn a_status_write_reuses_the_parse_and_a_spec_change_does_not() {
+        let first = seen_from(&pool(&["10.0.0.0/24"], 1), None);
+        let mut status_only = pool(&["10.0.0.0/24"], 1);
+        status_only.status = Some(VIPPoolStatus::default());
+        let after_status = seen_from(&status_only, Some(&first));
+        assert!(Arc::ptr_eq(&first.parsed, &after_status.parsed));
+        assert_eq!(after_status.status, Some(VIPPoolStatus::default()));
+
+        let respec = seen_from(&pool(&["10.0.1.0/24"], 2), Some(&after_status));
+        assert!(!Arc::ptr_eq(&first.parsed, &respec.parsed));
+        assert_eq!(respec.parsed.generation, Some(2));
+        // A new generation with an equal spec (an edit and its revert) is parsed again: the
+        // status must report the generation it is for.
+        let regen = seen_from(&pool(&["10.0.1.0/24"], 3), Some(&respec));
+        assert!(!Arc::ptr_eq(&respec.parsed, &regen.parsed));
+    }
+}

@@ -33,9 +33,12 @@ pub fn service_stream(
     client: kube::Client,
 ) -> impl futures::Stream<Item = Result<watcher::Event<Service>, watcher::Error>> + Send {
     let api: Api<LeanService> = Api::all(client);
-    watcher(api, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .map_ok(unwrap_lean)
+    watcher(
+        api,
+        watcher::Config::default().page_size(super::LIST_PAGE_SIZE),
+    )
+    .default_backoff()
+    .map_ok(unwrap_lean)
 }
 
 fn unwrap_lean(ev: watcher::Event<LeanService>) -> watcher::Event<Service> {

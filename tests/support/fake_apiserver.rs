@@ -205,6 +205,8 @@ struct Inner {
     state: Mutex<State>,
     control: Mutex<Control>,
     list_calls: AtomicU64,
+    /// Most items any one LIST response carried.
+    largest_list: std::sync::atomic::AtomicUsize,
     watch_calls: AtomicU64,
     /// Bumped by `drop_watches`; every stream ends when it changes.
     kill_tx: tokio::sync::watch::Sender<u64>,
@@ -317,6 +319,7 @@ impl FakeApiServer {
                 state: Mutex::new(State::new()),
                 control: Mutex::new(Control::default()),
                 list_calls: AtomicU64::new(0),
+                largest_list: std::sync::atomic::AtomicUsize::new(0),
                 watch_calls: AtomicU64::new(0),
                 kill_tx: tokio::sync::watch::Sender::new(0),
                 hold_tx: tokio::sync::watch::Sender::new(false),
@@ -620,6 +623,11 @@ impl FakeApiServer {
     /// LIST requests that reached the handler (injected failures excluded).
     pub fn list_count(&self) -> u64 {
         self.inner.list_calls.load(Ordering::Relaxed)
+    }
+
+    /// Most items any one LIST response carried (a list read in pages carries at most a page).
+    pub fn largest_list_response(&self) -> usize {
+        self.inner.largest_list.load(Ordering::Relaxed)
     }
 
     /// WATCH requests that reached the handler (injected failures excluded).

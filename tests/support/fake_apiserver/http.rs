@@ -362,8 +362,14 @@ impl Ctx {
     fn list(self) -> Reply {
         self.inner.list_calls.fetch_add(1, Ordering::Relaxed);
         let filter = self.params.filter(&self.t)?;
-        let limit = self.params.number("limit")?.filter(|l| *l > 0);
         let token = self.params.get("continue").filter(|c| !c.is_empty());
+        // As kube-apiserver 1.28 does: `resourceVersion=0` is served from the watch cache, which
+        // ignores `limit`: the whole list comes in one response, however large.
+        let from_cache = token.is_none() && self.params.get("resourceVersion") == Some("0");
+        let limit = match self.params.number("limit")?.filter(|l| *l > 0) {
+            Some(_) if from_cache => None,
+            limit => limit,
+        };
         let start = token.map(decode_continue).transpose()?;
         let res = self.t.res;
         let (rv, items, next) = self.inner.with_state(|st| {
@@ -384,6 +390,9 @@ impl Ctx {
             let (items, last) = st.list_page(res, &filter, start.as_ref().map(|(_, k)| k), limit);
             Ok((rv, items, last))
         })?;
+        self.inner
+            .largest_list
+            .fetch_max(items.len(), Ordering::Relaxed);
         let mut meta = json!({ "resourceVersion": rv.to_string() });
         if let Some(last) = next {
             meta["continue"] = Value::String(encode_continue(rv, &last));
