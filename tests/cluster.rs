@@ -108,6 +108,18 @@ fn lb(ns: &str, name: &str, port: i32, annotation: Option<&str>) -> Service {
     serde_json::from_value(v).unwrap()
 }
 
+/// A fake with the ConfigMap (two addresses) and the VIPPool resource served.
+fn with_pool_objects() -> FakeApiServer {
+    let fake = FakeApiServer::new();
+    fake.insert(&configmap(&[("range-global", "10.0.0.1-10.0.0.2")]))
+        .unwrap();
+    fake.register_resource(
+        ResourceDef::new("lb.kube-vip.io", "v1alpha1", "vippools", "VIPPool", false)
+            .with_status(None),
+    );
+    fake
+}
+
 async fn start(fake: FakeApiServer, extra: &[&str]) -> Cluster {
     provider();
     let dir = tempfile::tempdir().unwrap();
@@ -225,13 +237,7 @@ async fn caches_sync_then_ready_and_reconciler_annotates_bypassed_service() {
 /// without an address are still allocated by them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_listed_at_start_are_allocated_by_their_labels_and_pool_annotation() {
-    let fake = FakeApiServer::new();
-    fake.insert(&configmap(&[("range-global", "10.0.0.1-10.0.0.2")]))
-        .unwrap();
-    fake.register_resource(
-        ResourceDef::new("lb.kube-vip.io", "v1alpha1", "vippools", "VIPPool", false)
-            .with_status(None),
-    );
+    let fake = with_pool_objects();
     for (name, spec) in [
         (
             "web",
@@ -606,14 +612,8 @@ async fn every_metric_the_alerts_and_dashboard_use_is_exported() {
         alerts, as_promql, dashboard, dashboard_queries, metric_names, rule_groups,
     };
 
-    let fake = FakeApiServer::new();
-    fake.insert(&configmap(&[("range-global", "10.0.0.1-10.0.0.2")]))
-        .unwrap();
+    let fake = with_pool_objects();
     // A pool object with a reversed range (the schema cannot refuse it): the per-pool gauges.
-    fake.register_resource(
-        ResourceDef::new("lb.kube-vip.io", "v1alpha1", "vippools", "VIPPool", false)
-            .with_status(None),
-    );
     let spec: VIPPoolSpec = serde_json::from_value(json!({
         "addresses": ["10.1.0.9-10.1.0.1", "10.1.0.20-10.1.0.21"],
         "serviceSelector": {"matchLabels": {"pool": "bad"}}
@@ -702,13 +702,7 @@ async fn pool_status_writes_are_rate_limited_and_none_is_lost() {
     use kube_vip_webhook::cluster::pools::{MAX_STATUS_WRITES_PER_ROUND, STATUS_INTERVAL};
 
     let pools = MAX_STATUS_WRITES_PER_ROUND + 5; // two rounds
-    let fake = FakeApiServer::new();
-    fake.insert(&configmap(&[("range-global", "10.0.0.1-10.0.0.2")]))
-        .unwrap();
-    fake.register_resource(
-        ResourceDef::new("lb.kube-vip.io", "v1alpha1", "vippools", "VIPPool", false)
-            .with_status(None),
-    );
+    let fake = with_pool_objects();
     let names: Vec<String> = (0..pools).map(|i| format!("pool-{i:03}")).collect();
     for (i, name) in names.iter().enumerate() {
         let spec: VIPPoolSpec =

@@ -56,6 +56,21 @@ async fn allocates(client: &reqwest::Client, addr: std::net::SocketAddr) -> bool
     reviews::address(&reviews::send(client, addr, &review, true).await).is_some()
 }
 
+/// Replica `a` started with `flags`, once it leads and allocates.
+async fn leader(
+    fake: &FakeApiServer,
+    certs: &replica::Certs,
+    http: &reqwest::Client,
+    flags: &[&str],
+) -> Running {
+    let a = replica::start(fake.client(), &replica::args(certs, "a", flags)).await;
+    eventually("a to allocate", || async {
+        allocates(http, a.webhook_addr).await.then_some(())
+    })
+    .await;
+    a
+}
+
 /// Replica `a` leading and allocating, then replica `b` forwarding to it (both with `flags`).
 async fn leader_and_follower(
     fake: &FakeApiServer,
@@ -63,11 +78,7 @@ async fn leader_and_follower(
     http: &reqwest::Client,
     flags: &[&str],
 ) -> (Running, Running) {
-    let a = replica::start(fake.client(), &replica::args(certs, "a", flags)).await;
-    eventually("a to allocate", || async {
-        allocates(http, a.webhook_addr).await.then_some(())
-    })
-    .await;
+    let a = leader(fake, certs, http, flags).await;
     let b = replica::start(fake.client(), &replica::args(certs, "b", flags)).await;
     eventually("b to forward to the leader", || async {
         // Unmarked, b forwards to a: the answer carries an address.
@@ -264,11 +275,7 @@ async fn a_failed_forward_reads_the_lease_again_and_reaches_the_new_leader() {
     let fake = cluster();
     let certs = replica::certs();
     let http = reviews::client(&certs.ca_pem);
-    let a = replica::start(fake.client(), &replica::args(&certs, "a", &[])).await;
-    eventually("a to allocate", || async {
-        allocates(&http, a.webhook_addr).await.then_some(())
-    })
-    .await;
+    let a = leader(&fake, &certs, &http, &[]).await;
     // Nothing listens on this port once the listener is dropped: the stale leader is gone.
     let stale = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -316,11 +323,7 @@ async fn the_forwarder_follows_a_rotated_ca_file() {
     let fake = cluster();
     let certs = replica::certs();
     let http = reviews::client(&certs.ca_pem);
-    let a = replica::start(fake.client(), &replica::args(&certs, "a", &[])).await;
-    eventually("a to allocate", || async {
-        allocates(&http, a.webhook_addr).await.then_some(())
-    })
-    .await;
+    let a = leader(&fake, &certs, &http, &[]).await;
     let foreign = replica::certs();
     let ca_file = foreign.dir.path().join("forwarder-ca.crt");
     std::fs::write(&ca_file, &foreign.ca_pem).expect("write CA");
@@ -360,11 +363,7 @@ async fn the_leader_renews_once_per_retry_period() {
     let fake = cluster();
     let certs = replica::certs();
     let http = reviews::client(&certs.ca_pem);
-    let a = replica::start(fake.client(), &replica::args(&certs, "a", &[])).await;
-    eventually("a to allocate", || async {
-        allocates(&http, a.webhook_addr).await.then_some(())
-    })
-    .await;
+    let _leading = leader(&fake, &certs, &http, &[]).await;
     let lease_writes = || {
         fake.count_requests(
             &Matcher::any()
