@@ -392,7 +392,6 @@ async fn idle_connections_are_reaped_and_do_not_block_admissions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_never_arrives_is_answered_408() {
     use kube_vip_webhook::webhook::BODY_READ_TIMEOUT;
-    use tokio::io::AsyncReadExt;
 
     let target = Target::start("10.0.0.0/24", Quotas::default(), Limits::default()).await;
     let client = target.client();
@@ -410,22 +409,64 @@ async fn a_body_that_never_arrives_is_answered_408() {
     }
     let ip = patiently(legit_create(&client, target.addr, "default", "meanwhile")).await;
     assert!(ip.is_some());
-    for mut tls in stalled {
-        let mut answer = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
-            match patiently(tls.read(&mut buf)).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => answer.extend_from_slice(&buf[..n]),
-            }
-        }
-        let head = String::from_utf8_lossy(&answer);
+    for tls in stalled {
+        let head = response_head(tls).await;
         assert!(
             head.starts_with("HTTP/1.1 408"),
             "after {BODY_READ_TIMEOUT:?} without the body: {head}"
         );
     }
     target.stop().await;
+}
+
+/// Everything a request does ends within `REQUEST_TIMEOUT`. Stalled uploads take the whole body
+/// budget; one more request waits for its share until they time out, then stalls too: it is
+/// answered 503 at `REQUEST_TIMEOUT`, not 408 a full `BODY_READ_TIMEOUT` after it got its share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_ends_within_the_request_timeout_whatever_it_waits_for() {
+    use kube_vip_webhook::webhook::{
+        BODY_LIMIT, BODY_READ_TIMEOUT, MAX_BODY_BYTES_IN_FLIGHT, REQUEST_TIMEOUT,
+    };
+    // The one left waiting gets its share after BODY_READ_TIMEOUT, and its own body read would
+    // end BODY_READ_TIMEOUT later: past REQUEST_TIMEOUT.
+    assert!(BODY_READ_TIMEOUT < REQUEST_TIMEOUT && REQUEST_TIMEOUT < 2 * BODY_READ_TIMEOUT);
+
+    let target = Target::start("10.0.0.0/24", Quotas::default(), Limits::default()).await;
+    let fill = MAX_BODY_BYTES_IN_FLIGHT / BODY_LIMIT;
+    let mut stalled = Vec::new();
+    // One more than the budget holds; whichever arrives last waits.
+    for _ in 0..=fill {
+        let mut tls = tls_support_connect(&target).await;
+        let head = format!(
+            "POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {BODY_LIMIT}\r\n\r\n{{"
+        );
+        tls.write_all(head.as_bytes()).await.unwrap();
+        tls.flush().await.unwrap();
+        stalled.push(tls);
+    }
+    let heads = futures::future::join_all(stalled.into_iter().map(response_head)).await;
+    let with = |status: &str| heads.iter().filter(|h| h.starts_with(status)).count();
+    assert_eq!(
+        (with("HTTP/1.1 408"), with("HTTP/1.1 503")),
+        (fill, 1),
+        "{heads:#?}"
+    );
+    target.stop().await;
+}
+
+/// The status line and headers of the answer on `tls` (empty if the server closes first).
+async fn response_head(mut tls: tokio_rustls::client::TlsStream<TcpStream>) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        match patiently(tls.read(&mut buf)).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 async fn tls_support_connect(target: &Target) -> tokio_rustls::client::TlsStream<TcpStream> {
