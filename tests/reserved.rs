@@ -100,6 +100,15 @@ fn cluster_info(server: &str) -> ConfigMap {
 }
 
 /// Allocates until the pool is exhausted; the addresses handed out, in order.
+/// A reserved address inside a pool, as `reserved_in_pools` lists it.
+fn in_pool(pool: &str, addr: &str, owner: &str) -> InPool {
+    InPool {
+        pool: pool.into(),
+        address: ip(addr),
+        owner: owner.into(),
+    }
+}
+
 fn drain(a: &Allocator, ns: &str) -> Vec<String> {
     let mut out = Vec::new();
     for i in 0.. {
@@ -413,17 +422,12 @@ fn pools_containing_reserved_addresses_are_listed_with_owners() {
         ),
     );
     set_node(&a, &node("c", &[("InternalIP", "192.168.0.1")]));
-    let want = |pool: &str, addr: &str, owner: &str| InPool {
-        pool: pool.into(),
-        address: ip(addr),
-        owner: owner.into(),
-    };
     // 10.0.1.5 is excluded where range-web applies: not in that pool any more.
     assert_eq!(
         a.reserved_in_pools(),
         [
-            want("cidr-global", "10.0.0.10", "node a's InternalIP"),
-            want("range-web", "10.0.1.6", "node b's ExternalIP"),
+            in_pool("cidr-global", "10.0.0.10", "node a's InternalIP"),
+            in_pool("range-web", "10.0.1.6", "node b's ExternalIP"),
         ]
     );
     let all = a.reserved_addresses();
@@ -553,16 +557,11 @@ fn vippools_containing_reserved_addresses_are_listed_as_vippool_name() {
     set_node(&a, &node("b", &[("InternalIP", "10.0.0.11")]));
     set_node(&a, &node("c", &[("InternalIP", "10.0.0.12")]));
     set_node(&a, &node("d", &[("InternalIP", "10.0.3.0")]));
-    let want = |pool: &str, addr: &str, owner: &str| InPool {
-        pool: pool.into(),
-        address: ip(addr),
-        owner: owner.into(),
-    };
     assert_eq!(
         a.reserved_in_pools(),
         [
-            want("vippool/edge", "10.0.3.0", "node d's InternalIP"),
-            want("vippool/nodes", "10.0.0.10", "node a's InternalIP"),
+            in_pool("vippool/edge", "10.0.3.0", "node d's InternalIP"),
+            in_pool("vippool/nodes", "10.0.0.10", "node a's InternalIP"),
         ]
     );
     let all = a.reserved_addresses();
